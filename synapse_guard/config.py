@@ -1,0 +1,325 @@
+"""The guard's configuration: frozen data, built and validated in one place.
+
+Every problem is reported with the full key path and what is accepted, so that a typo
+can never silently weaken a control. This module does not import Synapse: the CLI uses
+it on hosts where Synapse is not installed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+from synapse_guard.countries import ISO_3166_ALPHA2
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Openness orders: a later entry is more open than an earlier one.
+JOIN_RULES = ("invite", "knock", "public")
+HISTORY_VISIBILITIES = ("joined", "invited", "shared", "world_readable")
+
+_DURATION_UNITS_MS = {
+    "ms": 1,
+    "s": 1000,
+    "m": 60 * 1000,
+    "h": 60 * 60 * 1000,
+    "d": 24 * 60 * 60 * 1000,
+    "w": 7 * 24 * 60 * 60 * 1000,
+    "y": 365 * 24 * 60 * 60 * 1000,
+}
+_DURATION_RE = re.compile(r"^([0-9]+)(ms|s|m|h|d|w|y)?$")
+
+
+class GuardConfigError(Exception):
+    """A configuration problem; `path` names the key (e.g. `network.allow_cidrs[2]`)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+@attrs.frozen(slots=True)
+class RegistrationPolicy:
+    mode: str = "closed"
+    allow_3pid: bool = False
+
+    @property
+    def closed(self) -> bool:
+        return self.mode == "closed"
+
+
+@attrs.frozen(slots=True)
+class FederationPolicy:
+    enabled: bool = False
+
+
+@attrs.frozen(slots=True)
+class RoomPolicy:
+    encryption: str = "required"
+    join_rule: str = "invite"
+    history_visibility: str = "joined"
+    guest_access: bool = False
+    directory: bool = False
+
+    @property
+    def encryption_required(self) -> bool:
+        return self.encryption == "required"
+
+
+@attrs.frozen(slots=True)
+class RetentionPolicy:
+    max_lifetime_ms: int = 15 * _DURATION_UNITS_MS["d"]
+    default_lifetime_ms: int = 7 * _DURATION_UNITS_MS["d"]
+
+
+@attrs.frozen(slots=True)
+class NetworkPolicy:
+    allow_cidrs: tuple[IPNetwork, ...] = ()
+    deny_cidrs: tuple[IPNetwork, ...] = ()
+    allow_countries: frozenset[str] = frozenset()
+    geoip_database: str | None = None
+    revoke_sessions: bool = True
+    sweep_interval_ms: int = 30 * _DURATION_UNITS_MS["s"]
+
+    @property
+    def has_allow_rules(self) -> bool:
+        return bool(self.allow_cidrs or self.allow_countries)
+
+
+@attrs.frozen(slots=True)
+class MetricsConfig:
+    enabled: bool = True
+
+
+@attrs.frozen(slots=True)
+class GuardConfig:
+    registration: RegistrationPolicy = RegistrationPolicy()
+    federation: FederationPolicy = FederationPolicy()
+    rooms: RoomPolicy = RoomPolicy()
+    retention: RetentionPolicy = RetentionPolicy()
+    network: NetworkPolicy = NetworkPolicy()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """Reads one mapping, remembering which keys were used so unknown ones are refused."""
+
+    def __init__(self, raw: object, path: str, known: tuple[str, ...]) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise GuardConfigError(path, f"must be a mapping, got {_kind(raw)}")
+        for key in raw:
+            if key not in known:
+                raise GuardConfigError(
+                    _join(path, str(key)),
+                    f"unknown key; known keys here: {', '.join(known)}",
+                )
+        self._raw = raw
+        self.path = path
+
+    def key(self, name: str) -> str:
+        return _join(self.path, name)
+
+    def get(self, name: str, default: T, convert: Callable[[object, str], T]) -> T:
+        if name not in self._raw:
+            return default
+        return convert(self._raw[name], self.key(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object, str], str]:
+    def convert(value: object, path: str) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise GuardConfigError(path, f"{value!r} is not one of: {' | '.join(choices)}")
+        return value
+
+    return convert
+
+
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise GuardConfigError(path, f"must be true or false, got {value!r}")
+    return value
+
+
+def parse_duration(value: object, path: str) -> int:
+    """Synapse's duration syntax: milliseconds as an integer, or `30s`, `15m`, `12h`, `7d`, `2w`, `1y`."""
+    if isinstance(value, bool):
+        raise GuardConfigError(path, f"must be a duration such as 30s, 15m, 12h, 7d, got {value!r}")
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, str) and (match := _DURATION_RE.match(value.strip())):
+        ms = int(match.group(1)) * _DURATION_UNITS_MS[match.group(2) or "ms"]
+    else:
+        raise GuardConfigError(
+            path,
+            f"{value!r} is not a duration: use milliseconds as an integer or a number "
+            "followed by ms, s, m, h, d, w or y (e.g. 30s, 7d)",
+        )
+    if ms <= 0:
+        raise GuardConfigError(path, f"must be longer than zero, got {value!r}")
+    return ms
+
+
+def _list_of(item: Callable[[object, str], T]) -> Callable[[object, str], tuple[T, ...]]:
+    def convert(value: object, path: str) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            raise GuardConfigError(path, f"must be a list, got {_kind(value)}")
+        return tuple(item(entry, f"{path}[{index}]") for index, entry in enumerate(value))
+
+    return convert
+
+
+def _cidr(value: object, path: str) -> IPNetwork:
+    if not isinstance(value, str):
+        raise GuardConfigError(path, f"must be a CIDR string such as '10.8.0.0/24', got {value!r}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as e:
+        hint = ""
+        try:
+            hint = f"; did you mean '{ipaddress.ip_network(value.strip(), strict=False)}'?"
+        except ValueError:
+            pass
+        raise GuardConfigError(
+            path, f"{value!r} is not a valid IPv4 or IPv6 network ({e}){hint}"
+        ) from None
+
+
+def _country(value: object, path: str) -> str:
+    if not isinstance(value, str) or value not in ISO_3166_ALPHA2:
+        raise GuardConfigError(
+            path, f"{value!r} is not an ISO 3166-1 alpha-2 country code, e.g. 'FR' or 'BE'"
+        )
+    return value
+
+
+def _optional_path(value: object, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise GuardConfigError(path, f"must be a file path or null, got {value!r}")
+    return value
+
+
+def _parse_registration(raw: object, path: str) -> RegistrationPolicy:
+    section = _Section(raw, path, ("mode", "allow_3pid"))
+    return RegistrationPolicy(
+        mode=section.get("mode", "closed", _choice(("closed", "open"))),
+        allow_3pid=section.get("allow_3pid", False, _bool),
+    )
+
+
+def _parse_federation(raw: object, path: str) -> FederationPolicy:
+    section = _Section(raw, path, ("enabled",))
+    return FederationPolicy(enabled=section.get("enabled", False, _bool))
+
+
+def _parse_rooms(raw: object, path: str) -> RoomPolicy:
+    section = _Section(
+        raw, path, ("encryption", "join_rule", "history_visibility", "guest_access", "directory")
+    )
+    return RoomPolicy(
+        encryption=section.get("encryption", "required", _choice(("required", "off"))),
+        join_rule=section.get("join_rule", "invite", _choice(JOIN_RULES)),
+        history_visibility=section.get(
+            "history_visibility", "joined", _choice(HISTORY_VISIBILITIES)
+        ),
+        guest_access=section.get("guest_access", False, _bool),
+        directory=section.get("directory", False, _bool),
+    )
+
+
+def _parse_retention(raw: object, path: str) -> RetentionPolicy:
+    section = _Section(raw, path, ("max_lifetime", "default_lifetime"))
+    defaults = RetentionPolicy()
+    policy = RetentionPolicy(
+        max_lifetime_ms=section.get("max_lifetime", defaults.max_lifetime_ms, parse_duration),
+        default_lifetime_ms=section.get(
+            "default_lifetime", defaults.default_lifetime_ms, parse_duration
+        ),
+    )
+    if policy.default_lifetime_ms > policy.max_lifetime_ms:
+        raise GuardConfigError(
+            section.key("default_lifetime"),
+            f"must not exceed retention.max_lifetime ({policy.max_lifetime_ms} ms), "
+            f"got {policy.default_lifetime_ms} ms",
+        )
+    return policy
+
+
+def _parse_network(raw: object, path: str) -> NetworkPolicy:
+    section = _Section(
+        raw,
+        path,
+        (
+            "allow_cidrs",
+            "deny_cidrs",
+            "allow_countries",
+            "geoip_database",
+            "revoke_sessions",
+            "sweep_interval",
+        ),
+    )
+    defaults = NetworkPolicy()
+    policy = NetworkPolicy(
+        allow_cidrs=section.get("allow_cidrs", (), _list_of(_cidr)),
+        deny_cidrs=section.get("deny_cidrs", (), _list_of(_cidr)),
+        allow_countries=frozenset(section.get("allow_countries", (), _list_of(_country))),
+        geoip_database=section.get("geoip_database", None, _optional_path),
+        revoke_sessions=section.get("revoke_sessions", True, _bool),
+        sweep_interval_ms=section.get(
+            "sweep_interval", defaults.sweep_interval_ms, parse_duration
+        ),
+    )
+    if policy.allow_countries and policy.geoip_database is None:
+        raise GuardConfigError(
+            section.key("geoip_database"),
+            "is required when network.allow_countries is set: give the path of a MaxMind "
+            "GeoIP2/GeoLite2 Country or City .mmdb file",
+        )
+    return policy
+
+
+def _parse_metrics(raw: object, path: str) -> MetricsConfig:
+    section = _Section(raw, path, ("enabled",))
+    return MetricsConfig(enabled=section.get("enabled", True, _bool))
+
+
+_SECTIONS: dict[str, Callable[[object, str], Any]] = {
+    "registration": _parse_registration,
+    "federation": _parse_federation,
+    "rooms": _parse_rooms,
+    "retention": _parse_retention,
+    "network": _parse_network,
+    "metrics": _parse_metrics,
+}
+
+
+def parse_guard_config(raw: object) -> GuardConfig:
+    """Build the whole configuration, or raise GuardConfigError naming the faulty key."""
+    top = _Section(raw, "", tuple(_SECTIONS))
+    return GuardConfig(**{name: parse(top.get(name, None, _keep), name) for name, parse in _SECTIONS.items()})
+
+
+def _keep(value: object, path: str) -> object:
+    return value

@@ -1,0 +1,237 @@
+"""The Synapse module: registers callbacks and translates between Synapse and the decisions.
+
+Every callback is thin: gather values, call a pure decision, count and log it, and answer in
+the form Synapse expects. Any unexpected error denies (see `Reporter.guarded`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from synapse.module_api import ModuleApi
+
+from synapse_guard import compat, federation, registration, rooms
+from synapse_guard.compat import NOT_SPAM, Codes, RegistrationBehaviour
+from synapse_guard.config import GuardConfig, GuardConfigError, parse_guard_config
+from synapse_guard.events import EventFacts, decide_event
+from synapse_guard.reporting import Reporter
+from synapse_guard.verdict import Check, Verdict
+
+logger = logging.getLogger("synapse_guard")
+
+SpamResult = Any  # NOT_SPAM or a Codes member; Synapse's own alias differs across versions
+
+
+def _forbidden() -> SpamResult:
+    return Codes.FORBIDDEN
+
+
+def _refuse_room_creation() -> None:
+    raise compat.SynapseError(403, "Room creation forbidden", Codes.FORBIDDEN)
+
+
+class Guard:
+    def __init__(self, config: GuardConfig, api: ModuleApi) -> None:
+        self._config = config
+        self._api = api
+        self._server_name = api.server_name
+        self._report = Reporter(metrics_enabled=config.metrics.enabled)
+        guarded = self._report.guarded
+
+        compat.register_callbacks(
+            api.register_spam_checker_callbacks,
+            "spam checker",
+            {
+                "check_registration_for_spam": guarded(
+                    Check.REGISTRATION, lambda: RegistrationBehaviour.DENY
+                )(self.check_registration_for_spam),
+                "user_may_invite": guarded(Check.INVITE, _forbidden)(self.user_may_invite),
+                "federated_user_may_invite": guarded(Check.INVITE, _forbidden)(
+                    self.federated_user_may_invite
+                ),
+                "user_may_join_room": guarded(Check.JOIN, _forbidden)(self.user_may_join_room),
+                "user_may_publish_room": guarded(Check.PUBLISH, _forbidden)(
+                    self.user_may_publish_room
+                ),
+                "user_may_send_3pid_invite": guarded(Check.THREEPID, _forbidden)(
+                    self.user_may_send_3pid_invite
+                ),
+                "should_drop_federated_event": guarded(Check.EVENT, lambda: True)(
+                    self.should_drop_federated_event
+                ),
+            },
+        )
+        compat.register_callbacks(
+            api.register_third_party_rules_callbacks,
+            "third-party rules",
+            {
+                "on_create_room": guarded(Check.CREATE_ROOM, _refuse_room_creation)(
+                    self.on_create_room
+                ),
+                "check_event_allowed": guarded(Check.EVENT, lambda: (False, None))(
+                    self.check_event_allowed
+                ),
+                "check_visibility_can_be_modified": guarded(Check.PUBLISH, lambda: False)(
+                    self.check_visibility_can_be_modified
+                ),
+                "check_threepid_can_be_invited": guarded(Check.THREEPID, lambda: False)(
+                    self.check_threepid_can_be_invited
+                ),
+                "on_new_event": guarded(Check.EVENT, lambda: None)(self.on_new_event),
+            },
+        )
+        compat.register_callbacks(
+            api.register_password_auth_provider_callbacks,
+            "password auth provider",
+            {"is_3pid_allowed": guarded(Check.THREEPID, lambda: False)(self.is_3pid_allowed)},
+        )
+        logger.info(
+            "synapse-guard loaded: registration=%s federation=%s encryption=%s join_rule<=%s "
+            "history_visibility<=%s max_lifetime=%dms",
+            config.registration.mode,
+            "enabled" if config.federation.enabled else "disabled",
+            config.rooms.encryption,
+            config.rooms.join_rule,
+            config.rooms.history_visibility,
+            config.retention.max_lifetime_ms,
+        )
+
+    @staticmethod
+    def parse_config(config: Mapping[str, Any]) -> GuardConfig:
+        try:
+            return parse_guard_config(config)
+        except GuardConfigError as e:
+            # Synapse prefixes the path with `modules.<item N>.config`.
+            raise compat.ConfigError(e.message, path=e.path.split(".") if e.path else None) from None
+
+    def _verdict_to_spam(self, check: Check, verdict: Verdict) -> SpamResult:
+        return NOT_SPAM if self._report(check, verdict).allowed else Codes.FORBIDDEN
+
+    # Registration --------------------------------------------------------------------------
+
+    async def check_registration_for_spam(
+        self,
+        email_threepid: dict[str, str] | None,
+        username: str | None,
+        request_info: Collection[tuple[str | None, str]],
+        auth_provider_id: str | None = None,
+    ) -> RegistrationBehaviour:
+        verdict = registration.decide_registration(
+            self._config.registration,
+            list(request_info),
+            auth_provider_id,
+            compat.current_request_path() if not request_info else None,
+        )
+        self._report(Check.REGISTRATION, verdict)
+        return RegistrationBehaviour.ALLOW if verdict.allowed else RegistrationBehaviour.DENY
+
+    async def is_3pid_allowed(self, medium: str, address: str, registration_: bool) -> bool:
+        return self._report(
+            Check.THREEPID, registration.decide_threepid(self._config.registration)
+        ).allowed
+
+    async def user_may_send_3pid_invite(
+        self, inviter: str, medium: str, address: str, room_id: str
+    ) -> SpamResult:
+        return self._verdict_to_spam(
+            Check.THREEPID, registration.decide_threepid(self._config.registration)
+        )
+
+    async def check_threepid_can_be_invited(
+        self, medium: str, address: str, state_events: Any
+    ) -> bool:
+        return self._report(
+            Check.THREEPID, registration.decide_threepid(self._config.registration)
+        ).allowed
+
+    # Federation ----------------------------------------------------------------------------
+
+    async def user_may_invite(self, inviter: str, invitee: str, room_id: str) -> SpamResult:
+        verdict = federation.decide_invite(
+            self._config.federation, inviter, invitee, self._server_name
+        )
+        return self._verdict_to_spam(Check.INVITE, verdict)
+
+    async def federated_user_may_invite(self, event: Any) -> SpamResult:
+        return self._verdict_to_spam(
+            Check.INVITE, federation.decide_remote_traffic(self._config.federation)
+        )
+
+    async def should_drop_federated_event(self, event: Any) -> bool:
+        verdict = federation.decide_remote_traffic(self._config.federation)
+        return not self._report(Check.EVENT, verdict).allowed
+
+    async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> SpamResult:
+        creator = None
+        if not self._config.federation.enabled:
+            state = await self._api.get_room_state(room_id, [(rooms.CREATE, "")])
+            create_event = state.get((rooms.CREATE, ""))
+            creator = create_event.sender if create_event is not None else None
+        verdict = federation.decide_join(self._config.federation, creator, self._server_name)
+        return self._verdict_to_spam(Check.JOIN, verdict)
+
+    # Rooms ---------------------------------------------------------------------------------
+
+    async def on_create_room(
+        self, requester: Any, request_content: dict[str, Any], is_requester_admin: bool
+    ) -> None:
+        rooms.rewrite_create_request(
+            self._config.rooms, self._config.retention, self._config.federation, request_content
+        )
+
+    async def check_event_allowed(
+        self, event: Any, state_events: Mapping[tuple[str, str], Any]
+    ) -> tuple[bool, dict[str, Any] | None]:
+        state = {
+            key: rooms.StateEntry(event_id=ev.event_id, content=ev.content)
+            for key, ev in state_events.items()
+            if key[0] in rooms.PROTECTED_STATE
+        }
+        facts = EventFacts(
+            type=event.type,
+            sender=event.sender,
+            state_key=event.get_state_key() if event.is_state() else None,
+            content=event.content,
+            redacts=getattr(event, "redacts", None),
+        )
+        check, verdict = decide_event(self._config, self._server_name, facts, state)
+        if not self._report(check, verdict).allowed:
+            return False, None
+        return True, compat.thawed_event_dict_if_needed(event)
+
+    async def check_visibility_can_be_modified(
+        self, room_id: str, state_events: Any, new_visibility: str
+    ) -> bool:
+        verdict = rooms.decide_publication(self._config.rooms, new_visibility)
+        return self._report(Check.PUBLISH, verdict).allowed
+
+    async def user_may_publish_room(self, user_id: str, room_id: str) -> SpamResult:
+        return self._verdict_to_spam(
+            Check.PUBLISH, rooms.decide_publication(self._config.rooms, "public")
+        )
+
+    async def on_new_event(self, event: Any, state_events: Any) -> None:
+        """Give an upgraded room the retention Synapse does not copy from its predecessor."""
+        if event.type != "m.room.tombstone" or not self._api.should_run_background_tasks():
+            return
+        if not federation.is_local_user(event.sender, self._server_name):
+            return
+        new_room_id = event.content.get("replacement_room")
+        if not isinstance(new_room_id, str):
+            return
+        state = await self._api.get_room_state(new_room_id, [(rooms.RETENTION, "")])
+        current = state.get((rooms.RETENTION, ""))
+        if current is not None and rooms.retention_allowed(self._config.retention, current.content):
+            return
+        await self._api.create_and_send_event_into_room(
+            {
+                "type": rooms.RETENTION,
+                "room_id": new_room_id,
+                "sender": event.sender,
+                "state_key": "",
+                "content": {"max_lifetime": self._config.retention.default_lifetime_ms},
+            }
+        )
+        logger.info("gave an upgraded room the default retention policy")

@@ -1,0 +1,59 @@
+"""Counting, logging and the single failure wrapper shared by every callback.
+
+A refusal is logged at INFO on logger `synapse_guard` with the check and the reason only:
+no user ID, room ID, address or content (see DESIGN.md, section 5).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from synapse_guard import metrics
+from synapse_guard.verdict import Check, Reason, Verdict, deny
+
+logger = logging.getLogger("synapse_guard")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Reporter:
+    def __init__(self, metrics_enabled: bool) -> None:
+        self._metrics_enabled = metrics_enabled
+
+    def __call__(self, check: Check, verdict: Verdict) -> Verdict:
+        if self._metrics_enabled:
+            metrics.record(check, verdict)
+        if not verdict.allowed:
+            logger.info("refused: check=%s reason=%s", check.value, verdict.reason.value)
+        return verdict
+
+    def guarded(
+        self, check: Check, on_error: Callable[[], R]
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        """Wrap a callback so that any unexpected exception denies instead of reaching Synapse.
+
+        `on_error` builds the callback's own way of saying "deny" (a `Codes` member, `False`,
+        a raised 403...). `functools.wraps` keeps the signature visible to Synapse, which
+        inspects some callbacks' parameter counts.
+        """
+
+        def wrap(callback: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            @functools.wraps(callback)
+            async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+                try:
+                    return await callback(*args, **kwargs)
+                except Exception:
+                    logger.exception(
+                        "check=%s failed unexpectedly; denying (reason=internal_error)",
+                        check.value,
+                    )
+                    self(check, deny(Reason.INTERNAL_ERROR))
+                    return on_error()
+
+            return run
+
+        return wrap

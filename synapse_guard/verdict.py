@@ -1,0 +1,65 @@
+"""What every decision returns: allowed or not, and why (a label from a small fixed set)."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+
+class Check(str, enum.Enum):
+    """Where a decision is taken; the `check` label of the decisions metric."""
+
+    REGISTRATION = "registration"
+    LOGIN = "login"
+    SESSION = "session"
+    INVITE = "invite"
+    JOIN = "join"
+    CREATE_ROOM = "create_room"
+    EVENT = "event"
+    PUBLISH = "publish"
+    THREEPID = "threepid"
+
+
+class Reason(str, enum.Enum):
+    """Why; the `reason` label of the decisions metric. Never holds an identifier."""
+
+    OK = "ok"
+    ADMIN_PROVISIONING = "admin_provisioning"
+    REGISTRATION_CLOSED = "registration_closed"
+    THREEPID = "threepid"
+    FEDERATION = "federation"
+    ENCRYPTION = "encryption"
+    JOIN_RULE = "join_rule"
+    HISTORY_VISIBILITY = "history_visibility"
+    GUEST_ACCESS = "guest_access"
+    RETENTION = "retention"
+    DIRECTORY = "directory"
+    PROTECTED_STATE = "protected_state"
+    IP_DENIED = "ip_denied"
+    IP_NOT_ALLOWED = "ip_not_allowed"
+    COUNTRY_NOT_ALLOWED = "country_not_allowed"
+    COUNTRY_UNKNOWN = "country_unknown"
+    INVALID_ADDRESS = "invalid_address"
+    INTERNAL_ERROR = "internal_error"
+
+
+@attrs.frozen(slots=True)
+class Verdict:
+    allowed: bool
+    reason: Reason
+
+    @property
+    def outcome(self) -> str:
+        return "allow" if self.allowed else "deny"
+
+
+def allow(reason: Reason = Reason.OK) -> Verdict:
+    return Verdict(True, reason)
+
+
+def deny(reason: Reason) -> Verdict:
+    return Verdict(False, reason)
+
+
+ALLOW = allow()

@@ -1,0 +1,117 @@
+"""Shared helpers for the unit tests: a Guard built on a mocked ModuleApi, events, metrics."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+from unittest.mock import Mock
+
+import attrs
+from prometheus_client import REGISTRY
+from synapse.api.room_versions import RoomVersions
+from synapse.events import EventBase, make_event_from_dict
+from synapse.module_api import ModuleApi
+
+from synapse_guard.module import Guard
+from synapse_guard.verdict import Check, Reason
+
+SERVER_NAME = "test.local"
+ALICE = "@alice:test.local"
+BOB = "@bob:test.local"
+MALLORY = "@mallory:evil.example"
+# Room version 12 room IDs carry no server name.
+ROOM_ID = "!Vx3c9Qm2secretroom"
+
+REGISTER_METHODS = (
+    "register_spam_checker_callbacks",
+    "register_third_party_rules_callbacks",
+    "register_password_auth_provider_callbacks",
+)
+
+
+def signature_without_self(function: Callable[..., Any]) -> inspect.Signature:
+    signature = inspect.signature(function)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+def register_mock(method: str, drop: tuple[str, ...] = ()) -> Mock:
+    """A `register_*_callbacks` stand-in accepting exactly what Synapse 1.163 accepts.
+
+    `drop` removes callbacks, to play an older Synapse that does not know them.
+    """
+    signature = signature_without_self(getattr(ModuleApi, method))
+    signature = signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name not in drop]
+    )
+
+    def register(**callbacks: Any) -> None:
+        signature.bind(**callbacks)  # a keyword this Synapse does not know: TypeError
+
+    mock = Mock(side_effect=register)
+    mock.__signature__ = signature
+    return mock
+
+
+@attrs.define
+class LoadedGuard:
+    guard: Guard
+    api: Mock
+    callbacks: dict[str, Callable[..., Any]]
+
+
+def make_api(missing_callbacks: tuple[str, ...] = ()) -> Mock:
+    api = Mock(spec=ModuleApi)
+    api.server_name = SERVER_NAME
+    for method in REGISTER_METHODS:
+        setattr(api, method, register_mock(method, drop=missing_callbacks))
+    api.should_run_background_tasks.return_value = True
+    api.get_room_state.return_value = {}
+    return api
+
+
+def create_module(
+    config: Mapping[str, Any] | None = None, api: Mock | None = None
+) -> LoadedGuard:
+    """Load the guard the way Synapse does: the real `parse_config`, then `Guard(config, api)`."""
+    api = api if api is not None else make_api()
+    guard = Guard(Guard.parse_config(dict(config or {})), api)
+    callbacks: dict[str, Callable[..., Any]] = {}
+    for method in REGISTER_METHODS:
+        for call in getattr(api, method).call_args_list:
+            callbacks.update(call.kwargs)
+    return LoadedGuard(guard=guard, api=api, callbacks=callbacks)
+
+
+def make_event(
+    event_type: str,
+    sender: str = ALICE,
+    content: Mapping[str, Any] | None = None,
+    state_key: str | None = None,
+    room_id: str = ROOM_ID,
+) -> EventBase:
+    """A real (room version 12) Synapse event."""
+    event: dict[str, Any] = {
+        "type": event_type,
+        "sender": sender,
+        "room_id": room_id,
+        "content": dict(content or {}),
+        "auth_events": [],
+        "prev_events": [],
+        "depth": 5,
+        "origin_server_ts": 1_700_000_000_000,
+        "hashes": {"sha256": "aGFzaA"},
+        "signatures": {},
+    }
+    if state_key is not None:
+        event["state_key"] = state_key
+    return make_event_from_dict(event, RoomVersions.V12)
+
+
+def decisions(check: Check, outcome: str, reason: Reason) -> float:
+    """Current value of `synapse_guard_decisions_total` for these labels (0 if never counted)."""
+    value = REGISTRY.get_sample_value(
+        "synapse_guard_decisions_total",
+        {"check": check.value, "outcome": outcome, "reason": reason.value},
+    )
+    return value or 0.0
