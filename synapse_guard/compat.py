@@ -101,9 +101,10 @@ def thawed_event_dict_if_needed(event: Any) -> dict[str, Any] | None:
     """Work around Synapse < 1.162 rejecting messages with `m.mentions` (400 M_BAD_JSON).
 
     Synapse freezes an event before `check_event_allowed` and then validates `m.mentions` with
-    a model that refuses the frozen (immutable) containers: element-hq/synapse#19634, fixed in
-    1.154.0, and for room version 12 in 1.162.0. Returning the event as plain JSON makes Synapse
-    rebuild it unfrozen. Delete when the oldest supported Synapse is 1.162.
+    a pydantic 2 model that refuses the frozen (immutable) containers: element-hq/synapse#19634,
+    fixed in 1.154.0, and for room version 12 in 1.162.0. Seen here on 1.153.0 (tested in tox),
+    not on 1.140.0 or older, whose validation accepted them. Returning the event as plain JSON
+    makes Synapse rebuild it unfrozen. Delete when the oldest supported Synapse is 1.162.
     """
     if synapse_version() >= (1, 162, 0) or event.is_state():
         return None

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import netaddr
+import netaddr  # type: ignore[import-untyped]
 from mmdb_writer import MMDBWriter
 
 COUNTRY_TYPE = "GeoLite2-Country"

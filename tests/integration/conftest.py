@@ -37,9 +37,9 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+def postgres() -> Iterator[PostgresCluster]:
     try:
-        cluster = PostgresCluster(tmp_path_factory.mktemp("postgres"))
+        cluster = PostgresCluster()
     except ServerMissing as e:
         require(str(e))
     cluster.start()

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -78,11 +79,12 @@ def _pg_bindir() -> Path:
 class PostgresCluster:
     """A private cluster on a free loopback port; `initdb` refuses root, so run as postgres."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self) -> None:
         self.bindir = _pg_bindir()
-        self.root = root
-        self.data = root / "data"
-        self.sockets = root / "sockets"
+        # Not under pytest's tmp dir: that is private to root and the server runs as postgres.
+        self.root = Path(tempfile.mkdtemp(prefix="synapse-guard-pg-"))
+        self.data = self.root / "data"
+        self.sockets = self.root / "sockets"
         self.port = free_port()
         self._as_postgres = os.geteuid() == 0
 
@@ -90,7 +92,10 @@ class PostgresCluster:
         cmd = list(args)
         if self._as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout}{result.stderr}")
+        return result
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -110,8 +115,13 @@ class PostgresCluster:
         )  # fmt: skip
 
     def stop(self) -> None:
-        if self.data.exists():
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run(
+                    str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
+                )
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def psql(self, database: str, sql: str) -> str:
         return self._run(
@@ -250,6 +260,8 @@ class SynapseServer:
                 "failed_attempts": {"per_second": 1000, "burst_count": 1000},
             },
             "rc_registration": {"per_second": 1000, "burst_count": 1000},
+            "rc_room_creation": {"per_second": 1000, "burst_count": 1000},
+            "rc_admin_redaction": {"per_second": 1000, "burst_count": 1000},
             "rc_message": {"per_second": 1000, "burst_count": 1000},
             "rc_joins": {
                 "local": {"per_second": 1000, "burst_count": 1000},

@@ -8,6 +8,7 @@ from typing import Any
 from unittest.mock import Mock
 
 import attrs
+from hypothesis import settings
 from prometheus_client import REGISTRY
 from synapse.api.room_versions import RoomVersions
 from synapse.events import EventBase, make_event_from_dict
@@ -15,6 +16,10 @@ from synapse.module_api import ModuleApi
 
 from synapse_guard.module import Guard
 from synapse_guard.verdict import Check, Reason
+
+# No per-example deadline: a loaded CI machine must not turn a slow example into a failure.
+settings.register_profile("unit", deadline=None)
+settings.load_profile("unit")
 
 SERVER_NAME = "test.local"
 ALICE = "@alice:test.local"
@@ -70,9 +75,7 @@ def make_api(missing_callbacks: tuple[str, ...] = ()) -> Mock:
     return api
 
 
-def create_module(
-    config: Mapping[str, Any] | None = None, api: Mock | None = None
-) -> LoadedGuard:
+def create_module(config: Mapping[str, Any] | None = None, api: Mock | None = None) -> LoadedGuard:
     """Load the guard the way Synapse does: the real `parse_config`, then `Guard(config, api)`."""
     api = api if api is not None else make_api()
     guard = Guard(Guard.parse_config(dict(config or {})), api)
@@ -105,6 +108,8 @@ def make_event(
     }
     if state_key is not None:
         event["state_key"] = state_key
+    if event_type == "m.room.create":
+        del event["room_id"]  # room version 12: the room ID is derived from the create event
     return make_event_from_dict(event, RoomVersions.V12)
 
 

@@ -89,9 +89,7 @@ def test_joining_a_room_created_here_is_allowed() -> None:
     assert decide_join(DISABLED, ALICE, SERVER_NAME) == ALLOWED
 
 
-@pytest.mark.parametrize(
-    "creator", [MALLORY, None], ids=["remote-room", "room-unknown-here"]
-)
+@pytest.mark.parametrize("creator", [MALLORY, None], ids=["remote-room", "room-unknown-here"])
 def test_joining_any_other_room_is_refused(creator: str | None) -> None:
     assert decide_join(DISABLED, creator, SERVER_NAME) == REFUSED
 

@@ -134,7 +134,7 @@ def test_deny_cidrs_refuse_even_without_allow_rules() -> None:
     assert decide_address("192.0.2.200", compiled) == deny(Reason.IP_DENIED)
     assert decide_address("2001:db8:bad::1", compiled) == deny(Reason.IP_DENIED)
     assert decide_address("192.0.3.1", compiled) == ALLOW
-    assert decide_address("2001:db8:bad:1::1", compiled) == ALLOW
+    assert decide_address("2001:db8:bae::1", compiled) == ALLOW
 
 
 def test_allow_cidrs_accept_their_addresses_and_refuse_the_rest() -> None:
@@ -317,7 +317,7 @@ def reference_in(ip: IPAddress, networks: Iterable[IPNetwork]) -> bool:
             ip.version == 4
             and net.version == 6
             and net.prefixlen >= 96
-            and net.subnet_of(MAPPED)  # type: ignore[arg-type]
+            and net.subnet_of(MAPPED)
             and ipaddress.IPv6Address(f"::ffff:{ip}") in net
         ):
             return True
@@ -419,7 +419,9 @@ def addresses(draw: st.DrawFn, networks: list[IPNetwork]) -> str:
 @st.composite
 def mutations(draw: st.DrawFn, text: str) -> str:
     """The text with one character inserted, deleted or replaced."""
-    alphabet = st.sampled_from(list("0123456789abcdefABCDEFx:.%[]/ \n\x00") + ["\u0661"])
+    alphabet: st.SearchStrategy[str] = st.sampled_from(
+        [*"0123456789abcdefABCDEFx:.%[]/ \n\x00", "\u0661"]
+    )
     position = draw(st.integers(0, len(text)))
     action = draw(st.sampled_from(["insert", "delete", "replace"]))
     if action == "insert":

@@ -38,9 +38,7 @@ def test_closed_mode_refuses_client_and_sso_registration(
 
 
 def test_closed_mode_refuses_sso_even_when_served_under_synapse_client() -> None:
-    verdict = decide_registration(
-        CLOSED, CLIENT, "oidc", "/_synapse/client/pick_username/submit"
-    )
+    verdict = decide_registration(CLOSED, CLIENT, "oidc", "/_synapse/client/pick_username/submit")
 
     assert verdict == REFUSED
 
