@@ -114,4 +114,3 @@ def thawed_event_dict_if_needed(event: Any) -> dict[str, Any] | None:
     assert isinstance(thawed, dict)
     json.dumps(thawed)  # must be plain JSON, or Synapse would refuse the rebuilt event
     return thawed
-

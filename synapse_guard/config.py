@@ -7,6 +7,7 @@ it on hosts where Synapse is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -162,7 +163,7 @@ def _bool(value: object, path: str) -> bool:
 
 
 def parse_duration(value: object, path: str) -> int:
-    """Synapse's duration syntax: milliseconds as an integer, or `30s`, `15m`, `12h`, `7d`, `2w`, `1y`."""
+    """Synapse's duration syntax: milliseconds as an integer, or `30s`, `15m`, `12h`, `7d`..."""
     if isinstance(value, bool):
         raise GuardConfigError(path, f"must be a duration such as 30s, 15m, 12h, 7d, got {value!r}")
     if isinstance(value, int):
@@ -196,10 +197,8 @@ def _cidr(value: object, path: str) -> IPNetwork:
         return ipaddress.ip_network(value.strip(), strict=True)
     except ValueError as e:
         hint = ""
-        try:
+        with contextlib.suppress(ValueError):
             hint = f"; did you mean '{ipaddress.ip_network(value.strip(), strict=False)}'?"
-        except ValueError:
-            pass
         raise GuardConfigError(
             path, f"{value!r} is not a valid IPv4 or IPv6 network ({e}){hint}"
         ) from None
@@ -267,6 +266,9 @@ def _parse_retention(raw: object, path: str) -> RetentionPolicy:
     return policy
 
 
+_NO_CODES: tuple[str, ...] = ()
+
+
 def _parse_network(raw: object, path: str) -> NetworkPolicy:
     section = _Section(
         raw,
@@ -284,12 +286,10 @@ def _parse_network(raw: object, path: str) -> NetworkPolicy:
     policy = NetworkPolicy(
         allow_cidrs=section.get("allow_cidrs", (), _list_of(_cidr)),
         deny_cidrs=section.get("deny_cidrs", (), _list_of(_cidr)),
-        allow_countries=frozenset(section.get("allow_countries", (), _list_of(_country))),
+        allow_countries=frozenset(section.get("allow_countries", _NO_CODES, _list_of(_country))),
         geoip_database=section.get("geoip_database", None, _optional_path),
         revoke_sessions=section.get("revoke_sessions", True, _bool),
-        sweep_interval_ms=section.get(
-            "sweep_interval", defaults.sweep_interval_ms, parse_duration
-        ),
+        sweep_interval_ms=section.get("sweep_interval", defaults.sweep_interval_ms, parse_duration),
     )
     if policy.allow_countries and policy.geoip_database is None:
         raise GuardConfigError(
@@ -318,7 +318,9 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
 def parse_guard_config(raw: object) -> GuardConfig:
     """Build the whole configuration, or raise GuardConfigError naming the faulty key."""
     top = _Section(raw, "", tuple(_SECTIONS))
-    return GuardConfig(**{name: parse(top.get(name, None, _keep), name) for name, parse in _SECTIONS.items()})
+    return GuardConfig(
+        **{name: parse(top.get(name, None, _keep), name) for name, parse in _SECTIONS.items()}
+    )
 
 
 def _keep(value: object, path: str) -> object:

@@ -16,5 +16,5 @@ ISO_3166_ALPHA2 = frozenset(
     SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO
     TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
     XK
-    """.split()
+    """.split()  # noqa: SIM905 - one readable block of codes
 )

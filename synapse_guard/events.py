@@ -31,7 +31,9 @@ def decide_event(
     config: GuardConfig, server_name: str, event: EventFacts, state: rooms.StateView
 ) -> tuple[Check, Verdict]:
     if not federation.is_local_user(event.sender, server_name):
-        return Check.EVENT, federation.decide_remote_traffic(config.federation)
+        remote = federation.decide_remote_traffic(config.federation)
+        if not remote.allowed:
+            return Check.EVENT, remote
 
     if event.type == rooms.REDACTION:
         return Check.EVENT, rooms.decide_redaction(event.redacts, state)

@@ -28,6 +28,10 @@ def _forbidden() -> SpamResult:
     return Codes.FORBIDDEN
 
 
+def _refuse_event() -> tuple[bool, dict[str, Any] | None]:
+    return False, None
+
+
 def _refuse_room_creation() -> None:
     raise compat.SynapseError(403, "Room creation forbidden", Codes.FORBIDDEN)
 
@@ -70,7 +74,7 @@ class Guard:
                 "on_create_room": guarded(Check.CREATE_ROOM, _refuse_room_creation)(
                     self.on_create_room
                 ),
-                "check_event_allowed": guarded(Check.EVENT, lambda: (False, None))(
+                "check_event_allowed": guarded(Check.EVENT, _refuse_event)(
                     self.check_event_allowed
                 ),
                 "check_visibility_can_be_modified": guarded(Check.PUBLISH, lambda: False)(
@@ -103,8 +107,9 @@ class Guard:
         try:
             return parse_guard_config(config)
         except GuardConfigError as e:
-            # Synapse prefixes the path with `modules.<item N>.config`.
-            raise compat.ConfigError(e.message, path=e.path.split(".") if e.path else None) from None
+            # One path element: Synapse prints it after `modules.<item N>.config.` as it is,
+            # and a key that itself contains a dot is not mistaken for a nested one.
+            raise compat.ConfigError(e.message, path=[e.path] if e.path else None) from None
 
     def _verdict_to_spam(self, check: Check, verdict: Verdict) -> SpamResult:
         return NOT_SPAM if self._report(check, verdict).allowed else Codes.FORBIDDEN
@@ -160,8 +165,10 @@ class Guard:
         )
 
     async def should_drop_federated_event(self, event: Any) -> bool:
+        # Since Synapse 1.130 inbound invites reach this callback first: count them as invites.
+        is_invite = event.type == "m.room.member" and event.content.get("membership") == "invite"
         verdict = federation.decide_remote_traffic(self._config.federation)
-        return not self._report(Check.EVENT, verdict).allowed
+        return not self._report(Check.INVITE if is_invite else Check.EVENT, verdict).allowed
 
     async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> SpamResult:
         creator = None

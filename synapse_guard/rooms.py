@@ -9,13 +9,12 @@ Two halves, both pure:
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 
 from synapse_guard.config import (
     HISTORY_VISIBILITIES,
-    JOIN_RULES,
     FederationPolicy,
     RetentionPolicy,
     RoomPolicy,
@@ -33,7 +32,14 @@ RETENTION = "m.room.retention"
 REDACTION = "m.room.redaction"
 
 # The state that carries the policy; redacting its current event would strip it.
-PROTECTED_STATE = (CREATE, ENCRYPTION, JOIN_RULES_EVENT, HISTORY_VISIBILITY, GUEST_ACCESS, RETENTION)
+PROTECTED_STATE = (
+    CREATE,
+    ENCRYPTION,
+    JOIN_RULES_EVENT,
+    HISTORY_VISIBILITY,
+    GUEST_ACCESS,
+    RETENTION,
+)
 
 # Join rules that only admit local users who are invited, or who ask (knock) or belong to a
 # given room (restricted): allowed from `knock` up. `public` lets anyone on the server in.
@@ -54,12 +60,12 @@ StateView = Mapping[tuple[str, str], StateEntry]
 
 
 def join_rule_allowed(policy: RoomPolicy, join_rule: object) -> bool:
-    return join_rule in _JOIN_RULES_ALLOWED[policy.join_rule]
+    return isinstance(join_rule, str) and join_rule in _JOIN_RULES_ALLOWED[policy.join_rule]
 
 
 def history_visibility_allowed(policy: RoomPolicy, visibility: object) -> bool:
     allowed = HISTORY_VISIBILITIES[: HISTORY_VISIBILITIES.index(policy.history_visibility) + 1]
-    return visibility in allowed
+    return isinstance(visibility, str) and visibility in allowed
 
 
 def retention_allowed(policy: RetentionPolicy, content: Mapping[str, Any]) -> bool:
@@ -70,17 +76,13 @@ def retention_allowed(policy: RetentionPolicy, content: Mapping[str, Any]) -> bo
     return min_lifetime is None or (_is_int(min_lifetime) and 0 <= min_lifetime <= max_lifetime)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _clamp_join_rule(policy: RoomPolicy, requested: object) -> str:
-    return requested if join_rule_allowed(policy, requested) else "invite"  # type: ignore[return-value]
-
-
 def _clamp_history(policy: RoomPolicy, requested: object) -> str:
-    if history_visibility_allowed(policy, requested):
-        return requested  # type: ignore[return-value]
+    if isinstance(requested, str) and history_visibility_allowed(policy, requested):
+        return requested
     if requested in HISTORY_VISIBILITIES:
         return policy.history_visibility  # more open than allowed: the most open allowed
     return "joined"
@@ -105,10 +107,13 @@ def rewrite_create_request(
         preset = "private_chat"
 
     raw_state = request.get("initial_state")
+    # Entries that are not well-formed state (Synapse would refuse them) are dropped.
     client_state: list[Mapping[str, Any]] = [
         entry
         for entry in (raw_state if isinstance(raw_state, list) else [])
         if isinstance(entry, Mapping)
+        and isinstance(entry.get("type"), str)
+        and isinstance(entry.get("state_key", ""), str)
     ]
     asked = {
         (entry.get("type"), entry.get("state_key", "")): entry.get("content")
@@ -119,10 +124,18 @@ def rewrite_create_request(
         content = asked.get((event_type, ""))
         return content.get(key) if isinstance(content, Mapping) else None
 
-    join_rule = _clamp_join_rule(
-        rooms,
-        asked_value(JOIN_RULES_EVENT, "join_rule") or ("public" if preset == "public_chat" else "invite"),
-    )
+    asked_join_rules = asked.get((JOIN_RULES_EVENT, ""))
+    requested_join_rule = asked_value(JOIN_RULES_EVENT, "join_rule")
+    if requested_join_rule is None:
+        requested_join_rule = "public" if preset == "public_chat" else "invite"
+    if isinstance(requested_join_rule, str) and join_rule_allowed(rooms, requested_join_rule):
+        join_rule = requested_join_rule
+        # Keep the whole content: a restricted rule's `allow` conditions live beside it.
+        join_rules_content = dict(asked_join_rules) if isinstance(asked_join_rules, Mapping) else {}
+        join_rules_content["join_rule"] = join_rule
+    else:
+        join_rule = "invite"
+        join_rules_content = {"join_rule": join_rule}
     if preset == "public_chat" and join_rule != "public":
         preset = "private_chat"
     request["preset"] = preset
@@ -137,7 +150,7 @@ def rewrite_create_request(
         request["creation_content"] = creation_content
 
     forced: dict[str, dict[str, Any]] = {
-        JOIN_RULES_EVENT: {"join_rule": join_rule},
+        JOIN_RULES_EVENT: join_rules_content,
         HISTORY_VISIBILITY: {
             # Every preset sends "shared" unless the client says otherwise.
             "history_visibility": _clamp_history(
@@ -172,7 +185,9 @@ def decide_state_event(
 ) -> Verdict:
     """May this state event be sent into a room whose current state is `current`?"""
     if event_type == JOIN_RULES_EVENT:
-        return ALLOW if join_rule_allowed(rooms, content.get("join_rule")) else deny(Reason.JOIN_RULE)
+        return (
+            ALLOW if join_rule_allowed(rooms, content.get("join_rule")) else deny(Reason.JOIN_RULE)
+        )
     if event_type == HISTORY_VISIBILITY:
         if history_visibility_allowed(rooms, content.get("history_visibility")):
             return ALLOW

@@ -32,8 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[2]
 HOMESERVER_D = REPO / "homeserver.d"
 SERVER_NAME = "guard.test"
-SHARED_SECRET = "integration-shared-secret"  # noqa: S105 - test-only
-PASSWORD = "Correct-Horse-9-Battery"  # noqa: S105 - test-only, meets 20-accounts.yaml policy
+SHARED_SECRET = "integration-shared-secret"
+PASSWORD = "Correct-Horse-9-Battery"
 
 
 class ServerMissing(RuntimeError):
@@ -394,7 +394,9 @@ class SynapseServer:
     # -- metrics -----------------------------------------------------------------------------
 
     def metrics_text(self) -> str:
-        response = requests.get(f"http://127.0.0.1:{self.metrics_port}/_synapse/metrics", timeout=10)
+        response = requests.get(
+            f"http://127.0.0.1:{self.metrics_port}/_synapse/metrics", timeout=10
+        )
         response.raise_for_status()
         return response.text
 
@@ -402,7 +404,9 @@ class SynapseServer:
         """The value of one sample (0 if absent)."""
         for family in text_string_to_metric_families(self.metrics_text()):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     return float(sample.value)
         return 0.0
 
@@ -480,7 +484,9 @@ class MatrixClient:
     def _room(self, room_id: str) -> str:
         return "/_matrix/client/v3/rooms/" + urllib.parse.quote(room_id, safe="")
 
-    def send(self, room_id: str, content: Mapping[str, Any], event_type: str = "m.room.message") -> tuple[int, Any]:
+    def send(
+        self, room_id: str, content: Mapping[str, Any], event_type: str = "m.room.message"
+    ) -> tuple[int, Any]:
         self._txn += 1
         txn = f"{uuid.uuid4().hex}-{self._txn}"
         return self.request("PUT", f"{self._room(room_id)}/send/{event_type}/{txn}", dict(content))
@@ -499,7 +505,9 @@ class MatrixClient:
         assert status == 200, events
         return {(e["type"], e["state_key"]): e for e in events}
 
-    def state_content(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+    def state_content(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any] | None:
         event = self.state(room_id).get((event_type, state_key))
         return None if event is None else dict(event["content"])
 

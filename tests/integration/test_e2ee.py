@@ -32,7 +32,9 @@ async def logged_in(server: SynapseServer, localpart: str, store: Path) -> nio.A
     return client
 
 
-async def exchange(server: SynapseServer, tmp_path: Path, alice_name: str, bob_name: str) -> tuple[str, str]:
+async def exchange(
+    server: SynapseServer, tmp_path: Path, alice_name: str, bob_name: str
+) -> tuple[str, str]:
     alice = await logged_in(server, alice_name, tmp_path / "alice")
     bob = await logged_in(server, bob_name, tmp_path / "bob")
     try:

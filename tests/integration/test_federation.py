@@ -64,4 +64,3 @@ def test_nothing_was_sent_to_another_server(leaky_synapse: SynapseServer) -> Non
     """The tripwire an operator alerts on: Synapse's own federation transaction counter."""
     assert "synapse_federation_client_sent_transactions_total" in leaky_synapse.metrics_text()
     assert leaky_synapse.metric("synapse_federation_client_sent_transactions_total") == 0
-

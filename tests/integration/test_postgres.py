@@ -14,7 +14,9 @@ def pg_synapse(synapse_factory: SynapseFactory, postgres: PostgresCluster) -> Sy
     return synapse_factory(database=postgres.create_database()).start()
 
 
-def test_synapse_really_runs_on_postgres(pg_synapse: SynapseServer, postgres: PostgresCluster) -> None:
+def test_synapse_really_runs_on_postgres(
+    pg_synapse: SynapseServer, postgres: PostgresCluster
+) -> None:
     user_id, _ = pg_synapse.new_user("pg")
     database = pg_synapse.database["args"]["database"]  # type: ignore[index]
     rows = postgres.psql(database, f"SELECT count(*) FROM users WHERE name = '{user_id}'")

@@ -26,7 +26,7 @@ from tests.integration.conftest import SynapseFactory
 from tests.integration.fake_idp import FakeCas
 from tests.integration.harness import PASSWORD, SHARED_SECRET, MatrixClient, SynapseServer
 
-JWT_SECRET = "jwt-test-secret"  # noqa: S105 - test-only
+JWT_SECRET = "jwt-test-secret"
 
 # Synapse's own registration layer opened as far as it goes.
 OPEN_REGISTRATION = {
@@ -193,9 +193,7 @@ def test_sso_auto_provisioning_is_refused(
     assert open_synapse.decisions("registration", "deny", "registration_closed") == before + 1
 
 
-def test_jwt_auto_provisioning_is_refused(
-    open_synapse: SynapseServer, admin: MatrixClient
-) -> None:
+def test_jwt_auto_provisioning_is_refused(open_synapse: SynapseServer, admin: MatrixClient) -> None:
     localpart = unique("jwt")
     before = open_synapse.decisions("registration", "deny", "registration_closed")
     status, reply = open_synapse.client().request(
@@ -240,7 +238,17 @@ def test_register_new_matrix_user_creates_accounts(synapse: SynapseServer) -> No
     localpart = unique("dave")
     script = Path(sys.executable).with_name("register_new_matrix_user")
     result = subprocess.run(
-        [str(script), "-k", SHARED_SECRET, "-u", localpart, "-p", PASSWORD, "--no-admin", synapse.url],
+        [
+            str(script),
+            "-k",
+            SHARED_SECRET,
+            "-u",
+            localpart,
+            "-p",
+            PASSWORD,
+            "--no-admin",
+            synapse.url,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -254,10 +262,16 @@ def test_register_new_matrix_user_creates_accounts(synapse: SynapseServer) -> No
 
 def test_control_open_mode_lets_clients_register(synapse_factory: SynapseFactory) -> None:
     """Proves the refusals above come from the guard: with mode open they succeed."""
-    extra = {key: value for key, value in OPEN_REGISTRATION.items() if key != "registration_requires_token"}
+    extra = {
+        key: value
+        for key, value in OPEN_REGISTRATION.items()
+        if key != "registration_requires_token"
+    }
     server = synapse_factory(extra=extra, guard={"registration": {"mode": "open"}}).start()
     try:
-        status, reply = register_with_uia(server.client(), unique("eve"), [{"type": "m.login.dummy"}])
+        status, reply = register_with_uia(
+            server.client(), unique("eve"), [{"type": "m.login.dummy"}]
+        )
         assert status == 200, reply
     finally:
         server.stop()

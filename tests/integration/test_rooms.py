@@ -25,7 +25,11 @@ OPENING_INITIAL_STATE = [
     },
     {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}},
     {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.none"}},
-    {"type": "m.room.retention", "state_key": "", "content": {"max_lifetime": 10 * FIFTEEN_DAYS_MS}},
+    {
+        "type": "m.room.retention",
+        "state_key": "",
+        "content": {"max_lifetime": 10 * FIFTEEN_DAYS_MS},
+    },
 ]
 
 
@@ -40,7 +44,9 @@ def admin(synapse: SynapseServer) -> MatrixClient:
 
 
 @pytest.fixture(params=["member", "admin"])
-def creator(request: pytest.FixtureRequest, member: MatrixClient, admin: MatrixClient) -> MatrixClient:
+def creator(
+    request: pytest.FixtureRequest, member: MatrixClient, admin: MatrixClient
+) -> MatrixClient:
     return member if request.param == "member" else admin
 
 
@@ -68,10 +74,14 @@ def assert_compliant(client: MatrixClient, room_id: str) -> None:
         pytest.param({"preset": "public_chat"}, id="public_chat"),
         pytest.param({"visibility": "public"}, id="visibility-public"),
         pytest.param(
-            {"preset": "public_chat", "visibility": "public", "initial_state": OPENING_INITIAL_STATE,
-             "creation_content": {"m.federate": True}},
+            {
+                "preset": "public_chat",
+                "visibility": "public",
+                "initial_state": OPENING_INITIAL_STATE,
+                "creation_content": {"m.federate": True},
+            },
             id="everything-open",
-        ),  # fmt: skip
+        ),
         pytest.param({"room_version": "10", "preset": "public_chat"}, id="room-v10"),
     ],
 )
@@ -88,7 +98,9 @@ def test_new_rooms_get_the_default_lifetime(member: MatrixClient) -> None:
 def test_a_shorter_lifetime_asked_at_creation_is_kept(member: MatrixClient) -> None:
     one_day = 24 * 3600 * 1000
     room_id = member.room_id(
-        initial_state=[{"type": "m.room.retention", "state_key": "", "content": {"max_lifetime": one_day}}]
+        initial_state=[
+            {"type": "m.room.retention", "state_key": "", "content": {"max_lifetime": one_day}}
+        ]
     )
     assert member.state_content(room_id, "m.room.retention") == {"max_lifetime": one_day}
 
@@ -97,21 +109,30 @@ WEAKENING = [
     pytest.param("m.room.join_rules", {"join_rule": "public"}, "join_rule", id="join-public"),
     pytest.param("m.room.join_rules", {"join_rule": "knock"}, "join_rule", id="join-knock"),
     pytest.param(
-        "m.room.history_visibility", {"history_visibility": "world_readable"}, "history_visibility",
+        "m.room.history_visibility",
+        {"history_visibility": "world_readable"},
+        "history_visibility",
         id="history-world-readable",
-    ),  # fmt: skip
+    ),
     pytest.param(
-        "m.room.history_visibility", {"history_visibility": "shared"}, "history_visibility",
+        "m.room.history_visibility",
+        {"history_visibility": "shared"},
+        "history_visibility",
         id="history-shared",
-    ),  # fmt: skip
+    ),
     pytest.param("m.room.guest_access", {"guest_access": "can_join"}, "guest_access", id="guests"),
     pytest.param("m.room.encryption", {"algorithm": "m.none"}, "encryption", id="encryption-off"),
     pytest.param(
-        "m.room.encryption", {"algorithm": MEGOLM, "rotation_period_msgs": 100000}, "encryption",
+        "m.room.encryption",
+        {"algorithm": MEGOLM, "rotation_period_msgs": 100000},
+        "encryption",
         id="encryption-weaker-rotation",
-    ),  # fmt: skip
+    ),
     pytest.param(
-        "m.room.retention", {"max_lifetime": FIFTEEN_DAYS_MS + 1}, "retention", id="retention-raised"
+        "m.room.retention",
+        {"max_lifetime": FIFTEEN_DAYS_MS + 1},
+        "retention",
+        id="retention-raised",
     ),
     pytest.param("m.room.retention", {}, "retention", id="retention-removed"),
 ]
@@ -119,7 +140,11 @@ WEAKENING = [
 
 @pytest.mark.parametrize(("event_type", "content", "reason"), WEAKENING)
 def test_weakening_state_is_refused(
-    synapse: SynapseServer, creator: MatrixClient, event_type: str, content: dict[str, Any], reason: str
+    synapse: SynapseServer,
+    creator: MatrixClient,
+    event_type: str,
+    content: dict[str, Any],
+    reason: str,
 ) -> None:
     room_id = creator.room_id()
     before_state = creator.state_content(room_id, event_type)
@@ -135,11 +160,16 @@ def test_weakening_state_is_refused(
 def test_tightening_state_is_allowed(member: MatrixClient) -> None:
     room_id = member.room_id()
     assert member.put_state(room_id, "m.room.retention", {"max_lifetime": 3600 * 1000})[0] == 200
-    assert member.put_state(room_id, "m.room.history_visibility", {"history_visibility": "joined"})[0] == 200
+    assert (
+        member.put_state(room_id, "m.room.history_visibility", {"history_visibility": "joined"})[0]
+        == 200
+    )
     assert member.put_state(room_id, "m.room.name", {"name": "Campaign HQ"})[0] == 200
 
 
-def test_redacting_protected_state_is_refused(synapse: SynapseServer, creator: MatrixClient) -> None:
+def test_redacting_protected_state_is_refused(
+    synapse: SynapseServer, creator: MatrixClient
+) -> None:
     room_id = creator.room_id()
     state = creator.state(room_id)
     for event_type in ("m.room.encryption", "m.room.retention", "m.room.join_rules"):
@@ -159,7 +189,9 @@ def test_messages_and_mentions_work(synapse: SynapseServer, member: MatrixClient
         {"msgtype": "m.text", "body": "hi", "m.mentions": {"user_ids": [member.user_id]}},
     )
     assert status == 200, reply
-    bodies = [e["content"].get("body") for e in member.messages(room_id) if e["type"] == "m.room.message"]
+    bodies = [
+        e["content"].get("body") for e in member.messages(room_id) if e["type"] == "m.room.message"
+    ]
     assert bodies[:2] == ["hi", "hello"]
 
 
@@ -208,7 +240,9 @@ def test_room_upgrade_keeps_the_policy(member: MatrixClient, old_version: str | 
     assert_compliant(member, new_room)
 
 
-def test_publishing_to_the_directory_is_refused(synapse: SynapseServer, creator: MatrixClient) -> None:
+def test_publishing_to_the_directory_is_refused(
+    synapse: SynapseServer, creator: MatrixClient
+) -> None:
     room_id = creator.room_id()
     before = synapse.decisions("publish", "deny", "directory")
     status, _ = creator.request(

@@ -70,7 +70,10 @@ def test_synapse_retention_matches_the_guard() -> None:
     retention = config["60-retention.yaml"]["retention"]
     (guard,) = config["90-modules.yaml"]["modules"]
     assert retention["enabled"] is True
-    assert retention["default_policy"]["max_lifetime"] == guard["config"]["retention"]["default_lifetime"]
+    assert (
+        retention["default_policy"]["max_lifetime"]
+        == guard["config"]["retention"]["default_lifetime"]
+    )
     assert retention["allowed_lifetime_max"] == guard["config"]["retention"]["max_lifetime"]
 
 
@@ -122,7 +125,9 @@ def test_metrics_are_exposed_without_identifiers(synapse: SynapseServer) -> None
 
     text = synapse.metrics_text()
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert synapse.metric("synapse_guard_info", version=__import__("synapse_guard").__version__) == 1
+    assert (
+        synapse.metric("synapse_guard_info", version=__import__("synapse_guard").__version__) == 1
+    )
     assert "synapse_guard_sessions_revoked" in families
     assert "synapse_guard_geoip_database_build_timestamp_seconds" in families
     samples = families["synapse_guard_decisions"].samples

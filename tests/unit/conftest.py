@@ -27,11 +27,12 @@ BOB = "@bob:test.local"
 MALLORY = "@mallory:evil.example"
 # Room version 12 room IDs carry no server name.
 ROOM_ID = "!Vx3c9Qm2secretroom"
+# The default room version since Synapse 1.162; older Synapse releases lack it.
+ROOM_VERSION = getattr(RoomVersions, "V12", RoomVersions.V11)
 
-REGISTER_METHODS = (
-    "register_spam_checker_callbacks",
-    "register_third_party_rules_callbacks",
-    "register_password_auth_provider_callbacks",
+# Every `register_*_callbacks` method of this Synapse's ModuleApi.
+REGISTER_METHODS = tuple(
+    name for name in dir(ModuleApi) if name.startswith("register_") and name.endswith("_callbacks")
 )
 
 
@@ -93,7 +94,7 @@ def make_event(
     state_key: str | None = None,
     room_id: str = ROOM_ID,
 ) -> EventBase:
-    """A real (room version 12) Synapse event."""
+    """A real Synapse event, in the newest room version this Synapse knows."""
     event: dict[str, Any] = {
         "type": event_type,
         "sender": sender,
@@ -108,9 +109,9 @@ def make_event(
     }
     if state_key is not None:
         event["state_key"] = state_key
-    if event_type == "m.room.create":
+    if event_type == "m.room.create" and getattr(ROOM_VERSION, "msc4291_room_ids_as_hashes", False):
         del event["room_id"]  # room version 12: the room ID is derived from the create event
-    return make_event_from_dict(event, RoomVersions.V12)
+    return make_event_from_dict(event, ROOM_VERSION)
 
 
 def decisions(check: Check, outcome: str, reason: Reason) -> float:

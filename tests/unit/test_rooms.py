@@ -158,35 +158,82 @@ def test_a_malformed_creation_content_is_replaced(creation_content: object) -> N
 @pytest.mark.parametrize(
     ("entry", "forced_content"),
     [
-        (state_entry(JOIN_RULES, {"join_rule": "public"}), {"join_rule": "invite"}),
-        (state_entry(JOIN_RULES, {"join_rule": "knock"}), {"join_rule": "invite"}),
-        (state_entry(JOIN_RULES, {"join_rule": "restricted"}), {"join_rule": "invite"}),
-        (
+        pytest.param(
+            state_entry(JOIN_RULES, {"join_rule": "public"}),
+            {"join_rule": "invite"},
+            id="public join rule",
+        ),
+        pytest.param(
+            state_entry(JOIN_RULES, {"join_rule": "knock"}),
+            {"join_rule": "invite"},
+            id="knock join rule",
+        ),
+        pytest.param(
+            state_entry(JOIN_RULES, {"join_rule": "restricted"}),
+            {"join_rule": "invite"},
+            id="restricted join rule",
+        ),
+        pytest.param(
+            state_entry(JOIN_RULES, "public"),
+            {"join_rule": "invite"},
+            id="join rule content not an object",
+        ),
+        pytest.param(
             state_entry(HISTORY, {"history_visibility": "world_readable"}),
             {"history_visibility": "joined"},
+            id="world_readable",
         ),
-        (
+        pytest.param(
             state_entry(HISTORY, {"history_visibility": "shared"}),
             {"history_visibility": "joined"},
+            id="shared history",
         ),
-        (state_entry(GUEST, {"guest_access": "can_join"}), {"guest_access": "forbidden"}),
-        (
+        pytest.param(
+            state_entry(GUEST, {"guest_access": "can_join"}),
+            {"guest_access": "forbidden"},
+            id="guest can_join",
+        ),
+        pytest.param(
             state_entry(ENCRYPTION, {"algorithm": "m.olm.v1.curve25519-aes-sha2"}),
             {"algorithm": MEGOLM},
+            id="another encryption algorithm",
         ),
-        (state_entry(ENCRYPTION, {}), {"algorithm": MEGOLM}),
-        (state_entry(RETENTION, {"max_lifetime": 16 * DAY}), {"max_lifetime": 7 * DAY}),
-        (state_entry(RETENTION, {}), {"max_lifetime": 7 * DAY}),
-        (state_entry(RETENTION, {"max_lifetime": "15d"}), {"max_lifetime": 7 * DAY}),
-        (state_entry(RETENTION, {"max_lifetime": True}), {"max_lifetime": 7 * DAY}),
-        (state_entry(RETENTION, {"max_lifetime": 0}), {"max_lifetime": 7 * DAY}),
-        (
+        pytest.param(
+            state_entry(ENCRYPTION, {}),
+            {"algorithm": MEGOLM},
+            id="encryption without algorithm",
+        ),
+        pytest.param(
+            state_entry(RETENTION, {"max_lifetime": 16 * DAY}),
+            {"max_lifetime": 7 * DAY},
+            id="retention above max",
+        ),
+        pytest.param(
+            state_entry(RETENTION, {}),
+            {"max_lifetime": 7 * DAY},
+            id="retention without max_lifetime",
+        ),
+        pytest.param(
+            state_entry(RETENTION, {"max_lifetime": "15d"}),
+            {"max_lifetime": 7 * DAY},
+            id="retention as a string",
+        ),
+        pytest.param(
+            state_entry(RETENTION, {"max_lifetime": True}),
+            {"max_lifetime": 7 * DAY},
+            id="retention as a boolean",
+        ),
+        pytest.param(
+            state_entry(RETENTION, {"max_lifetime": 0}),
+            {"max_lifetime": 7 * DAY},
+            id="retention zero",
+        ),
+        pytest.param(
             state_entry(RETENTION, {"max_lifetime": DAY, "min_lifetime": 2 * DAY}),
             {"max_lifetime": 7 * DAY},
+            id="retention min above max",
         ),
-        (state_entry(JOIN_RULES, "public"), {"join_rule": "invite"}),
     ],
-    ids=lambda value: repr(value) if isinstance(value, dict) and "type" in value else "",
 )
 def test_initial_state_cannot_open_the_room(
     entry: dict[str, Any], forced_content: dict[str, Any]
