@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import synapse
-from synapse.module_api import NOT_SPAM
+from synapse.module_api import NOT_SPAM, ModuleApi
 from synapse.module_api.errors import Codes, ConfigError, SynapseError
 from synapse.spam_checker_api import RegistrationBehaviour
 
@@ -27,6 +27,7 @@ __all__ = [
     "RegistrationBehaviour",
     "SynapseError",
     "current_request_path",
+    "log_out_session",
     "register_callbacks",
     "synapse_version",
     "thawed_event_dict_if_needed",
@@ -114,3 +115,20 @@ def thawed_event_dict_if_needed(event: Any) -> dict[str, Any] | None:
     assert isinstance(thawed, dict)
     json.dumps(thawed)  # must be plain JSON, or Synapse would refuse the rebuilt event
     return thawed
+
+
+async def log_out_session(
+    api: ModuleApi, user_id: str, device_id: str | None, access_token: str
+) -> None:
+    """Log a session out: delete its device (and with it every token of that device).
+
+    This is what `ModuleApi.invalidate_access_token` does, but that method fails on Synapse
+    1.163.2 (`'Requester' object has no attribute 'get'`: Requester became a Rust class), and
+    no other public method logs a session out. The sweep already knows the user and device,
+    so this calls the handlers that method calls. On a worker deployment the sweep runs on
+    the background-tasks process, which must be able to delete devices (the main process).
+    """
+    if device_id:
+        await api._device_handler.delete_devices(user_id, [device_id])
+    else:
+        await api._auth_handler.delete_access_token(access_token)

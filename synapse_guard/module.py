@@ -12,12 +12,14 @@ from typing import Any
 
 from synapse.module_api import ModuleApi
 
-from synapse_guard import compat, federation, registration, rooms
+from synapse_guard import compat, federation, metrics, registration, rooms, sessions
 from synapse_guard.compat import NOT_SPAM, Codes, RegistrationBehaviour
 from synapse_guard.config import GuardConfig, GuardConfigError, parse_guard_config
 from synapse_guard.events import EventFacts, decide_event
+from synapse_guard.geoip import load_geoip_database
+from synapse_guard.network import compile_network_rules, decide_address
 from synapse_guard.reporting import Reporter
-from synapse_guard.verdict import Check, Verdict
+from synapse_guard.verdict import Check, Reason, Verdict, deny
 
 logger = logging.getLogger("synapse_guard")
 
@@ -42,12 +44,16 @@ class Guard:
         self._api = api
         self._server_name = api.server_name
         self._report = Reporter(metrics_enabled=config.metrics.enabled)
+        self._rules = compile_network_rules(config.network)
+        self._geoip = load_geoip_database(config.network, metrics_enabled=config.metrics.enabled)
+        self._sweep_since = 0
         guarded = self._report.guarded
 
         compat.register_callbacks(
             api.register_spam_checker_callbacks,
             "spam checker",
             {
+                "check_login_for_spam": guarded(Check.LOGIN, _forbidden)(self.check_login_for_spam),
                 "check_registration_for_spam": guarded(
                     Check.REGISTRATION, lambda: RegistrationBehaviour.DENY
                 )(self.check_registration_for_spam),
@@ -91,6 +97,13 @@ class Guard:
             "password auth provider",
             {"is_3pid_allowed": guarded(Check.THREEPID, lambda: False)(self.is_3pid_allowed)},
         )
+        network = config.network
+        if network.revoke_sessions and (network.has_allow_rules or network.deny_cidrs):
+            api.looping_background_call(
+                guarded(Check.SESSION, lambda: None)(self.sweep_sessions),
+                network.sweep_interval_ms,
+                desc="synapse_guard_session_sweep",
+            )
         logger.info(
             "synapse-guard loaded: registration=%s federation=%s encryption=%s join_rule<=%s "
             "history_visibility<=%s max_lifetime=%dms",
@@ -105,7 +118,12 @@ class Guard:
     @staticmethod
     def parse_config(config: Mapping[str, Any]) -> GuardConfig:
         try:
-            return parse_guard_config(config)
+            parsed = parse_guard_config(config)
+            # Refuse to start on a missing, corrupt or wrong-type GeoIP database.
+            database = load_geoip_database(parsed.network, metrics_enabled=False)
+            if database is not None:
+                database.close()
+            return parsed
         except GuardConfigError as e:
             # One path element: Synapse prints it after `modules.<item N>.config.` as it is,
             # and a key that itself contains a dot is not mistaken for a nested one.
@@ -113,6 +131,48 @@ class Guard:
 
     def _verdict_to_spam(self, check: Check, verdict: Verdict) -> SpamResult:
         return NOT_SPAM if self._report(check, verdict).allowed else Codes.FORBIDDEN
+
+    # Network -------------------------------------------------------------------------------
+
+    def _decide_address(self, address: str) -> Verdict:
+        country_of = self._geoip.country if self._geoip is not None else None
+        return decide_address(address, self._rules, country_of)
+
+    def _decide_addresses(self, request_info: Collection[tuple[str | None, str]]) -> Verdict:
+        """Every address the request came from must pass; none at all is refused."""
+        verdict = deny(Reason.INVALID_ADDRESS)
+        for _user_agent, address in request_info:
+            verdict = self._decide_address(address)
+            if not verdict.allowed:
+                return verdict
+        return verdict
+
+    async def check_login_for_spam(
+        self,
+        user_id: str,
+        device_id: str | None,
+        initial_display_name: str | None,
+        request_info: Collection[tuple[str | None, str]],
+        auth_provider_id: str | None = None,
+    ) -> SpamResult:
+        return self._verdict_to_spam(Check.LOGIN, self._decide_addresses(request_info))
+
+    async def sweep_sessions(self) -> None:
+        """Log out every session seen, since the last sweep, from a refused address."""
+        if self._geoip is not None:
+            self._geoip.reload_if_changed()  # keeps the build-time gauge fresh
+        rows = await self._api.run_db_interaction(
+            "synapse_guard_sessions_seen", sessions.select_seen_since, self._sweep_since
+        )
+        result = sessions.judge_sessions(rows, self._sweep_since, self._decide_address)
+        for session, verdict in result.refused:
+            self._report(Check.SESSION, verdict)
+            await compat.log_out_session(
+                self._api, session.user_id, session.device_id, session.access_token
+            )
+            if self._config.metrics.enabled:
+                metrics.SESSIONS_REVOKED.inc()
+        self._sweep_since = result.next_since
 
     # Registration --------------------------------------------------------------------------
 
@@ -129,6 +189,10 @@ class Guard:
             auth_provider_id,
             compat.current_request_path() if not request_info else None,
         )
+        if verdict.allowed and request_info:
+            # A client registering (mode open) must come from an accepted address too; admin
+            # provisioning carries no address and is not subject to the network rule.
+            verdict = self._decide_addresses(request_info)
         self._report(Check.REGISTRATION, verdict)
         return RegistrationBehaviour.ALLOW if verdict.allowed else RegistrationBehaviour.DENY
 

@@ -386,10 +386,15 @@ class SynapseServer:
             raise RuntimeError(f"login of {localpart} failed: {status} {body}")
         return client
 
-    def new_user(self, prefix: str, admin: bool = False) -> tuple[str, MatrixClient]:
+    def new_account(self, prefix: str, admin: bool = False) -> str:
+        """Provision an account (admin provisioning, no login); returns its localpart."""
         localpart = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        user_id = self.register_user(localpart, admin=admin)
-        return user_id, self.login(localpart)
+        self.register_user(localpart, admin=admin)
+        return localpart
+
+    def new_user(self, prefix: str, admin: bool = False) -> tuple[str, MatrixClient]:
+        localpart = self.new_account(prefix, admin=admin)
+        return self.user_id(localpart), self.login(localpart)
 
     # -- metrics -----------------------------------------------------------------------------
 

@@ -1,0 +1,191 @@
+"""Network allowlists on a real Synapse behind `x_forwarded: true`, with a generated GeoIP db.
+
+The client address is what Synapse resolves from X-Forwarded-For (as it would behind nginx);
+the addresses below are documentation ranges that only ever appear in that header.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.geoip_factory import replace_by_rename, write_asn_db, write_country_db
+from tests.integration.conftest import SynapseFactory
+from tests.integration.harness import PASSWORD, MatrixClient, SynapseServer
+
+COUNTRIES = {
+    "FR": ["198.51.100.0/24", "203.0.113.0/24", "2001:db8:f00::/48"],
+    "US": ["192.0.2.0/24", "2001:db8:bad::/48"],
+}
+NETWORK = {
+    "allow_cidrs": ["10.8.0.0/24", "fd00:8::/64"],
+    "deny_cidrs": ["10.8.0.66/32", "203.0.113.0/26"],
+    "allow_countries": ["FR"],
+    "revoke_sessions": True,
+    "sweep_interval": "6s",
+}
+# Synapse writes client addresses in 5 s batches: a use is visible to the sweep within 5 s,
+# and revoked within 5 s + one interval, less than two intervals of 6 s.
+SWEEP_S = 6
+
+
+@pytest.fixture(scope="module")
+def geoip_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_country_db(tmp_path_factory.mktemp("geoip") / "country.mmdb", COUNTRIES)
+
+
+@pytest.fixture(scope="module")
+def netguard(synapse_factory: SynapseFactory, geoip_db: Path) -> SynapseServer:
+    return synapse_factory(guard={"network": {**NETWORK, "geoip_database": str(geoip_db)}}).start()
+
+
+def login_from(
+    server: SynapseServer, localpart: str, address: str
+) -> tuple[int, Any, MatrixClient]:
+    client = server.client()
+    status, body = client.login(localpart, PASSWORD, headers={"X-Forwarded-For": address})
+    return status, body, client
+
+
+LOGINS = [
+    ("10.8.0.5", True, "ok"),  # the VPN
+    ("10.8.0.66", False, "ip_denied"),  # denied inside the VPN range
+    ("198.51.100.7", True, "ok"),  # an allowed country
+    ("203.0.113.7", False, "ip_denied"),  # a denied range inside an allowed country
+    ("192.0.2.1", False, "country_not_allowed"),
+    ("100.64.0.1", False, "country_unknown"),  # not in the database
+    ("fd00:8::1", True, "ok"),  # IPv6 VPN
+    ("2001:db8:f00::1", True, "ok"),  # IPv6 in an allowed country
+    ("2001:db8:bad::1", False, "country_not_allowed"),
+    ("::ffff:10.8.0.5", True, "ok"),  # IPv4-mapped IPv6 is the IPv4 address
+    ("::ffff:192.0.2.1", False, "country_not_allowed"),
+    ("not-an-ip", False, "invalid_address"),
+]
+
+
+@pytest.mark.parametrize(("address", "accepted", "reason"), LOGINS)
+def test_login_is_decided_by_the_client_address(
+    netguard: SynapseServer, address: str, accepted: bool, reason: str
+) -> None:
+    localpart = netguard.new_account("traveller")
+    outcome = "allow" if accepted else "deny"
+    before = netguard.decisions("login", outcome, reason)
+
+    status, body, _ = login_from(netguard, localpart, address)
+
+    assert (status == 200) is accepted, body
+    if not accepted:
+        assert status == 403
+        assert body["errcode"] == "M_FORBIDDEN"
+        assert "country" not in body["error"].lower()  # the client is not told which rule
+    assert netguard.decisions("login", outcome, reason) == before + 1
+
+
+def test_synapse_takes_the_leftmost_forwarded_address(netguard: SynapseServer) -> None:
+    """Why nginx must overwrite X-Forwarded-For: Synapse believes its first entry."""
+    status, body, _ = login_from(netguard, netguard.new_account("spoofer"), "10.8.0.5, 192.0.2.1")
+    assert status == 200, body
+
+
+def test_server_admins_are_not_exempt(netguard: SynapseServer) -> None:
+    status, _, _ = login_from(netguard, netguard.new_account("boss", admin=True), "192.0.2.1")
+    assert status == 403
+
+
+def test_a_direct_connection_is_judged_by_its_peer_address(netguard: SynapseServer) -> None:
+    status, body = netguard.client().login(netguard.new_account("local"), PASSWORD)
+    assert status == 403, body  # 127.0.0.1 is in no allow rule
+
+
+def wait_for(predicate: Any, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise AssertionError(f"not within {timeout:.0f}s")
+
+
+def whoami(client: MatrixClient, address: str) -> int:
+    status, _ = client.request(
+        "GET", "/_matrix/client/v3/account/whoami", headers={"X-Forwarded-For": address}
+    )
+    return status
+
+
+def test_a_session_used_from_a_refused_address_is_logged_out(netguard: SynapseServer) -> None:
+    localpart = netguard.new_account("roamer")
+    _, _, moving = login_from(netguard, localpart, "10.8.0.5")
+    _, _, staying = login_from(netguard, localpart, "198.51.100.9")
+    assert whoami(moving, "10.8.0.5") == 200
+    assert whoami(staying, "198.51.100.9") == 200
+    revoked_before = netguard.metric("synapse_guard_sessions_revoked_total")
+
+    assert whoami(moving, "192.0.2.1") == 200  # the token still works once, from abroad...
+    elapsed = wait_for(lambda: whoami(moving, "10.8.0.5") == 401, timeout=2 * SWEEP_S)
+
+    assert netguard.metric("synapse_guard_sessions_revoked_total") == revoked_before + 1
+    assert whoami(staying, "198.51.100.9") == 200, (
+        "a session used only from allowed places survives"
+    )
+    print(f"session revoked {elapsed:.1f}s after its use from a refused address")
+
+
+def test_a_replaced_geoip_database_is_used_without_restart(
+    netguard: SynapseServer, geoip_db: Path
+) -> None:
+    localpart = netguard.new_account("mover")
+    assert login_from(netguard, localpart, "192.0.2.1")[0] == 403
+    # geoipupdate's way: write a new file, rename it over the old one.
+    replace_by_rename(
+        geoip_db,
+        lambda tmp: write_country_db(tmp, {"FR": COUNTRIES["FR"] + COUNTRIES["US"]}),
+    )
+    try:
+        wait_for(lambda: login_from(netguard, localpart, "192.0.2.1")[0] == 200, timeout=15)
+    finally:
+        replace_by_rename(geoip_db, lambda tmp: write_country_db(tmp, COUNTRIES))
+
+
+def test_geoip_build_time_is_exposed(netguard: SynapseServer) -> None:
+    assert netguard.metric("synapse_guard_geoip_database_build_timestamp_seconds") > 1_600_000_000
+
+
+# --- Bad inputs stop Synapse at start-up ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("network", "key", "accepted"),
+    [
+        ({"allow_cidrs": ["10.8.0.0/33"]}, "network.allow_cidrs[0]", "IPv4 or IPv6 network"),
+        ({"deny_cidrs": ["2001:db8::/48", "not-a-cidr"]}, "network.deny_cidrs[1]", "network"),
+        ({"allow_countries": ["France"]}, "network.allow_countries[0]", "ISO 3166-1 alpha-2"),
+        ({"allow_countries": ["fr"]}, "network.allow_countries[0]", "ISO 3166-1 alpha-2"),
+        ({"allow_countries": ["FR"]}, "network.geoip_database", "is required"),
+    ],
+    ids=["cidr-prefix", "not-a-cidr", "country-name", "lowercase-country", "no-database"],
+)
+def test_bad_network_config_refuses_to_start(
+    synapse_factory: SynapseFactory, network: dict[str, Any], key: str, accepted: str
+) -> None:
+    code, output = synapse_factory(guard={"network": network}).run_to_exit()
+    assert code != 0
+    assert key in output and accepted in output, output
+
+
+@pytest.mark.parametrize("kind", ["asn", "missing", "corrupt"])
+def test_an_unusable_geoip_database_refuses_to_start(
+    synapse_factory: SynapseFactory, tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "db.mmdb"
+    if kind == "asn":
+        write_asn_db(path, ["192.0.2.0/24"])
+    elif kind == "corrupt":
+        path.write_bytes(b"\x00" * 64)
+    network = {"allow_countries": ["FR"], "geoip_database": str(path)}
+    code, output = synapse_factory(guard={"network": network}).run_to_exit()
+    assert code != 0
+    assert "network.geoip_database" in output, output
