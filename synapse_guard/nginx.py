@@ -41,10 +41,10 @@ REFUSED_VARIABLE = "$synapse_guard_refused"
 NOT_IP_VARIABLE = "$synapse_guard_not_ip"
 DENIED_VARIABLE = "$synapse_guard_denied"
 ALLOWED_CIDR_VARIABLE = "$synapse_guard_allowed_cidr"
-COUNTRY_VARIABLE = "$synapse_guard_country"
 LOOKUP_VARIABLE = "$synapse_guard_lookup_address"
-_IPV4_CAPTURE = "synapse_guard_mapped_ipv4"  # a named regex capture is a variable too
+COUNTRY_VARIABLE = "$synapse_guard_country"
 ALLOWED_COUNTRY_VARIABLE = "$synapse_guard_allowed_country"
+_IPV4_CAPTURE = "synapse_guard_mapped_ipv4"  # a named regex capture is a variable too
 GEOIP2_MODULE = "ngx_http_geoip2_module.so"
 # How often nginx checks the database file for a new version (geoipupdate renames a new file
 # over it); the guard checks every few seconds, nginx would otherwise wait for a reload.
@@ -114,7 +114,7 @@ def render_nginx(policy: NetworkPolicy, *, geoip2: bool = True, sources: Sequenc
                 "    default $remote_addr;",
                 f'    "~*^::ffff:(?<{_IPV4_CAPTURE}>[0-9.]+)$" ${_IPV4_CAPTURE};',
                 "}",
-                f"geoip2 {_quote(database)} {{",
+                f"geoip2 {_quote(database, 'network.geoip_database')} {{",
                 f"    auto_reload {GEOIP2_AUTO_RELOAD};  # reopen a replaced file, like the guard",
                 f"    {COUNTRY_VARIABLE} source={LOOKUP_VARIABLE} country iso_code;",
                 "}",
@@ -249,10 +249,10 @@ def _database_path(policy: NetworkPolicy) -> str:
     return path
 
 
-def _quote(value: str) -> str:
+def _quote(value: str, key: str) -> str:
     """A double-quoted nginx string: backslashes and quotes escaped, control characters refused."""
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise NginxRenderError(f"{value!r} contains a control character nginx cannot read")
+        raise NginxRenderError(f"{key}: {value!r} contains a control character nginx cannot read")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -173,7 +173,8 @@ def test_bad_network_config_refuses_to_start(
 ) -> None:
     code, output = synapse_factory(guard={"network": network}).run_to_exit()
     assert code != 0
-    assert key in output and accepted in output, output
+    assert key in output, output
+    assert accepted in output, output
 
 
 @pytest.mark.parametrize("kind", ["asn", "missing", "corrupt"])

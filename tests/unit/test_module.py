@@ -60,7 +60,6 @@ SYNAPSE_ARGUMENTS = {
     "check_threepid_can_be_invited": 3,
     "check_visibility_can_be_modified": 3,
     "on_create_room": 3,
-    "on_new_event": 2,
     # password auth provider
     "check_3pid_auth": 3,
     "is_3pid_allowed": 3,
@@ -85,7 +84,6 @@ REQUIRED_CALLBACKS = {
         "check_event_allowed",
         "check_visibility_can_be_modified",
         "check_threepid_can_be_invited",
-        "on_new_event",
     },
     "register_password_auth_provider_callbacks": {"is_3pid_allowed"},
 }
@@ -608,13 +606,26 @@ def tombstone(sender: str = ALICE, replacement: object = "!NewRoom") -> Any:
     return make_event("m.room.tombstone", sender, content, state_key="")
 
 
+def upgrade(module: LoadedGuard, tombstone_event: Any, new_room_state: dict[Any, Any]) -> None:
+    """Let the guard see the tombstone, then run the job it schedules once it is persisted."""
+    state = {("m.room.tombstone", ""): tombstone_event}
+
+    async def room_state(room_id: str, event_filter: Any = None) -> dict[Any, Any]:
+        return state if room_id == tombstone_event.room_id else new_room_state
+
+    module.api.get_room_state.side_effect = room_state
+    assert run(module, "check_event_allowed", tombstone_event, {}) == (True, None)
+    (call,) = module.api.delayed_background_call.call_args_list
+    delay_ms, job, *args = call.args
+    assert delay_ms > 0
+    asyncio.run(job(*args))
+
+
 def test_an_upgraded_room_gets_the_default_retention() -> None:
     module = create_module({"retention": {"default_lifetime": "3d"}})
-    module.api.get_room_state.return_value = {}
 
-    run(module, "on_new_event", tombstone(), {})
+    upgrade(module, tombstone(), {})
 
-    module.api.get_room_state.assert_called_once_with("!NewRoom", [("m.room.retention", "")])
     module.api.create_and_send_event_into_room.assert_called_once_with(
         {
             "type": "m.room.retention",
@@ -629,9 +640,8 @@ def test_an_upgraded_room_gets_the_default_retention() -> None:
 def test_an_upgraded_room_with_a_compliant_retention_is_left_alone() -> None:
     module = create_module()
     retention = make_event("m.room.retention", ALICE, {"max_lifetime": DAY}, state_key="")
-    module.api.get_room_state.return_value = {("m.room.retention", ""): retention}
 
-    run(module, "on_new_event", tombstone(), {})
+    upgrade(module, tombstone(), {("m.room.retention", ""): retention})
 
     module.api.create_and_send_event_into_room.assert_not_called()
 
@@ -639,30 +649,34 @@ def test_an_upgraded_room_with_a_compliant_retention_is_left_alone() -> None:
 def test_an_upgraded_room_with_a_too_long_retention_is_corrected() -> None:
     module = create_module()
     retention = make_event("m.room.retention", ALICE, {"max_lifetime": 90 * DAY}, state_key="")
-    module.api.get_room_state.return_value = {("m.room.retention", ""): retention}
 
-    run(module, "on_new_event", tombstone(), {})
+    upgrade(module, tombstone(), {("m.room.retention", ""): retention})
 
     module.api.create_and_send_event_into_room.assert_called_once()
 
 
-@pytest.mark.parametrize(
-    ("event", "background"),
-    [
-        (make_event("m.room.message", ALICE, {"body": "hi"}), True),
-        (tombstone(), False),
-        (tombstone(sender=MALLORY), True),
-        (tombstone(replacement=None), True),
-    ],
-    ids=["not-a-tombstone", "not-the-background-worker", "remote-tombstone", "no-replacement"],
-)
-def test_other_events_do_not_touch_retention(event: Any, background: bool) -> None:
+def test_the_job_waits_until_the_tombstone_is_persisted() -> None:
     module = create_module()
-    module.api.should_run_background_tasks.return_value = background
+    event = tombstone()
 
-    run(module, "on_new_event", event, {})
+    async def nothing_yet(room_id: str, event_filter: Any = None) -> dict[Any, Any]:
+        return {}
+
+    module.api.get_room_state.side_effect = nothing_yet
+    run(module, "check_event_allowed", event, {})
+    (call,) = module.api.delayed_background_call.call_args_list
+    asyncio.run(call.args[1](*call.args[2:]))
 
     module.api.create_and_send_event_into_room.assert_not_called()
+    assert module.api.delayed_background_call.call_count == 2  # rescheduled
+
+
+def test_other_events_schedule_nothing() -> None:
+    module = create_module()
+
+    run(module, "check_event_allowed", make_event("m.room.message", ALICE, {"body": "hi"}), {})
+
+    module.api.delayed_background_call.assert_not_called()
 
 
 # Metrics and logs --------------------------------------------------------------------------

@@ -270,7 +270,9 @@ CONTENT = st.one_of(
 
 @settings(max_examples=60)
 @given(files=st.lists(st.tuples(NAMES, SUFFIXES, CONTENT), max_size=8))
-def test_files_and_merge_match_synapse(tmp_path_factory: pytest.TempPathFactory, files: Any) -> None:
+def test_files_and_merge_match_synapse(
+    tmp_path_factory: pytest.TempPathFactory, files: Any
+) -> None:
     root = tmp_path_factory.mktemp("conf")
     main = write(root / "homeserver.yaml", {"server_name": "s", "report_stats": False})
     d = root / "conf.d"
