@@ -29,9 +29,9 @@ from tests.integration.harness import PASSWORD, SynapseServer, generate_base_con
 FR_ADDRESS = "198.51.100.7"  # placed in FR by the generated database, reached by XFF only
 
 
-def timed(operation: Callable[[], int]) -> float:
+def timed(operation: Callable[..., tuple[int, object]], *args: object, **kwargs: object) -> float:
     start = time.perf_counter()
-    status = operation()
+    status, _ = operation(*args, **kwargs)
     elapsed = time.perf_counter() - start
     if status != 200:
         raise RuntimeError(f"request failed with {status}")
@@ -73,16 +73,10 @@ def main() -> int:
         samples: dict[tuple[str, str], list[float]] = {}
         # Warm-up, then measure, alternating servers request by request.
         for phase, count in (("warmup", 20), ("measure", args.requests)):
-            for i in range(count):
+            for _ in range(count):
                 for name, server in servers.items():
-                    fresh, client, user, room = (
-                        server.client(),
-                        clients[name],
-                        users[name],
-                        rooms[name],
-                    )
-                    login_ms = timed(lambda: fresh.login(user, PASSWORD, headers=headers)[0])
-                    send_ms = timed(lambda: client.send_text(room, "hello")[0])
+                    login_ms = timed(server.client().login, users[name], PASSWORD, headers=headers)
+                    send_ms = timed(clients[name].send_text, rooms[name], "hello")
                     if phase == "measure":
                         samples.setdefault((name, "login"), []).append(login_ms)
                         samples.setdefault((name, "send"), []).append(send_ms)

@@ -190,3 +190,48 @@ def test_an_unusable_geoip_database_refuses_to_start(
     code, output = synapse_factory(guard={"network": network}).run_to_exit()
     assert code != 0
     assert "network.geoip_database" in output, output
+
+
+# --- Token logins (how SSO ends) are judged like password logins ----------------------------
+
+
+@pytest.fixture(scope="module")
+def sso_netguard(synapse_factory: SynapseFactory) -> Any:
+    from tests.integration.fake_idp import FakeCas
+
+    with FakeCas(user="placeholder") as cas:
+        server = synapse_factory(
+            guard={"network": {"allow_cidrs": ["10.8.0.0/24"]}},
+            extra={
+                "cas_config": {"enabled": True, "server_url": cas.url},
+                "sso": {"client_whitelist": ["http://client.invalid/"]},
+            },
+        ).start()
+        yield server, cas
+
+
+@pytest.mark.parametrize(("address", "status"), [("10.8.0.5", 200), ("192.0.2.1", 403)])
+def test_an_sso_token_login_is_judged_by_the_client_address(
+    sso_netguard: Any, address: str, status: int
+) -> None:
+    import requests
+
+    server, cas = sso_netguard
+    cas.user = server.new_account("sso")  # an account the admin created; the IdP vouches for it
+    response = requests.get(
+        f"{server.url}/_matrix/client/v3/login/cas/ticket",
+        params={"redirectUrl": "http://client.invalid/", "ticket": "ST-1"},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert response.status_code == 302, response.text
+    token = response.headers["Location"].split("loginToken=")[1].split("&")[0]
+
+    got, body = server.client().request(
+        "POST",
+        "/_matrix/client/v3/login",
+        {"type": "m.login.token", "token": token},
+        headers={"X-Forwarded-For": address},
+        auth=False,
+    )
+    assert got == status, body
