@@ -98,6 +98,12 @@ class MetricsConfig:
 
 
 @attrs.frozen(slots=True)
+class AuditConfig:
+    enabled: bool = False
+    pseudonym_key_path: str | None = None
+
+
+@attrs.frozen(slots=True)
 class GuardConfig:
     registration: RegistrationPolicy = RegistrationPolicy()
     federation: FederationPolicy = FederationPolicy()
@@ -105,6 +111,7 @@ class GuardConfig:
     retention: RetentionPolicy = RetentionPolicy()
     network: NetworkPolicy = NetworkPolicy()
     metrics: MetricsConfig = MetricsConfig()
+    audit: AuditConfig = AuditConfig()
 
 
 T = TypeVar("T")
@@ -305,6 +312,21 @@ def _parse_metrics(raw: object, path: str) -> MetricsConfig:
     return MetricsConfig(enabled=section.get("enabled", True, _bool))
 
 
+def _parse_audit(raw: object, path: str) -> AuditConfig:
+    section = _Section(raw, path, ("enabled", "pseudonym_key_path"))
+    audit = AuditConfig(
+        enabled=section.get("enabled", False, _bool),
+        pseudonym_key_path=section.get("pseudonym_key_path", None, _optional_path),
+    )
+    if audit.enabled and audit.pseudonym_key_path is None:
+        raise GuardConfigError(
+            section.key("pseudonym_key_path"),
+            "is required when audit.enabled is true: give the path of a file holding at "
+            "least 32 random bytes (e.g. `head -c 32 /dev/urandom > audit.key`)",
+        )
+    return audit
+
+
 _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "registration": _parse_registration,
     "federation": _parse_federation,
@@ -312,6 +334,7 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "retention": _parse_retention,
     "network": _parse_network,
     "metrics": _parse_metrics,
+    "audit": _parse_audit,
 }
 
 

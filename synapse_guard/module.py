@@ -13,6 +13,7 @@ from typing import Any
 from synapse.module_api import ModuleApi
 
 from synapse_guard import compat, federation, metrics, registration, rooms, sessions
+from synapse_guard.audit import AuditTrail, Pseudonymizer, load_key
 from synapse_guard.compat import NOT_SPAM, Codes, RegistrationBehaviour
 from synapse_guard.config import GuardConfig, GuardConfigError, parse_guard_config
 from synapse_guard.events import EventFacts, decide_event
@@ -47,7 +48,11 @@ class Guard:
         self._config = config
         self._api = api
         self._server_name = api.server_name
-        self._report = Reporter(metrics_enabled=config.metrics.enabled)
+        audit_key = config.audit.pseudonym_key_path if config.audit.enabled else None
+        self._report = Reporter(
+            metrics_enabled=config.metrics.enabled,
+            audit=AuditTrail(Pseudonymizer(load_key(audit_key)) if audit_key else None),
+        )
         self._rules = compile_network_rules(config.network)
         self._geoip = load_geoip_database(config.network, metrics_enabled=config.metrics.enabled)
         self._sweep_since = 0
@@ -126,14 +131,18 @@ class Guard:
             database = load_geoip_database(parsed.network, metrics_enabled=False)
             if database is not None:
                 database.close()
+            if parsed.audit.enabled and parsed.audit.pseudonym_key_path:
+                load_key(parsed.audit.pseudonym_key_path)  # refuse a missing or short key
             return parsed
         except GuardConfigError as e:
             # One path element: Synapse prints it after `modules.<item N>.config.` as it is,
             # and a key that itself contains a dot is not mistaken for a nested one.
             raise compat.ConfigError(e.message, path=[e.path] if e.path else None) from None
 
-    def _verdict_to_spam(self, check: Check, verdict: Verdict) -> SpamResult:
-        return NOT_SPAM if self._report(check, verdict).allowed else Codes.FORBIDDEN
+    def _verdict_to_spam(
+        self, check: Check, verdict: Verdict, user: str | None = None
+    ) -> SpamResult:
+        return NOT_SPAM if self._report(check, verdict, user=user).allowed else Codes.FORBIDDEN
 
     # Network -------------------------------------------------------------------------------
 
@@ -141,14 +150,18 @@ class Guard:
         country_of = self._geoip.country if self._geoip is not None else None
         return decide_address(address, self._rules, country_of)
 
-    def _decide_addresses(self, request_info: Collection[tuple[str | None, str]]) -> Verdict:
-        """Every address the request came from must pass; none at all is refused."""
-        verdict = deny(Reason.INVALID_ADDRESS)
+    def _decide_addresses(
+        self, request_info: Collection[tuple[str | None, str]]
+    ) -> tuple[Verdict, str | None]:
+        """Every address the request came from must pass; none at all is refused.
+
+        Returns the verdict and the address it is about (the refused one, if any)."""
+        verdict, last = deny(Reason.INVALID_ADDRESS), None
         for _user_agent, address in request_info:
-            verdict = self._decide_address(address)
+            verdict, last = self._decide_address(address), address
             if not verdict.allowed:
-                return verdict
-        return verdict
+                break
+        return verdict, last
 
     async def check_login_for_spam(
         self,
@@ -158,7 +171,9 @@ class Guard:
         request_info: Collection[tuple[str | None, str]],
         auth_provider_id: str | None = None,
     ) -> SpamResult:
-        return self._verdict_to_spam(Check.LOGIN, self._decide_addresses(request_info))
+        verdict, address = self._decide_addresses(request_info)
+        self._report(Check.LOGIN, verdict, user=user_id, address=address)
+        return NOT_SPAM if verdict.allowed else Codes.FORBIDDEN
 
     async def sweep_sessions(self) -> None:
         """Log out every session seen, since the last sweep, from a refused address."""
@@ -169,7 +184,13 @@ class Guard:
         )
         result = sessions.judge_sessions(rows, self._sweep_since, self._decide_address)
         for session, verdict in result.refused:
-            self._report(Check.SESSION, verdict)
+            self._report(
+                Check.SESSION,
+                verdict,
+                user=session.user_id,
+                address=session.ip,
+                event="session_revoked",
+            )
             await compat.log_out_session(
                 self._api, session.user_id, session.device_id, session.access_token
             )
@@ -192,11 +213,20 @@ class Guard:
             auth_provider_id,
             compat.current_request_path() if not request_info else None,
         )
+        address = None
         if verdict.allowed and request_info:
             # A client registering (mode open) must come from an accepted address too; admin
             # provisioning carries no address and is not subject to the network rule.
-            verdict = self._decide_addresses(request_info)
-        self._report(Check.REGISTRATION, verdict)
+            verdict, address = self._decide_addresses(request_info)
+        user = self._api.get_qualified_user_id(username) if username else None
+        provisioned = verdict.allowed and verdict.reason is Reason.ADMIN_PROVISIONING
+        self._report(
+            Check.REGISTRATION,
+            verdict,
+            user=user,
+            address=address,
+            event="account_provisioned" if provisioned else None,
+        )
         return RegistrationBehaviour.ALLOW if verdict.allowed else RegistrationBehaviour.DENY
 
     async def is_3pid_allowed(self, medium: str, address: str, registration_: bool) -> bool:
@@ -224,7 +254,7 @@ class Guard:
         verdict = federation.decide_invite(
             self._config.federation, inviter, invitee, self._server_name
         )
-        return self._verdict_to_spam(Check.INVITE, verdict)
+        return self._verdict_to_spam(Check.INVITE, verdict, user=inviter)
 
     async def federated_user_may_invite(self, event: Any) -> SpamResult:
         return self._verdict_to_spam(
@@ -244,7 +274,7 @@ class Guard:
             create_event = state.get((rooms.CREATE, ""))
             creator = create_event.sender if create_event is not None else None
         verdict = federation.decide_join(self._config.federation, creator, self._server_name)
-        return self._verdict_to_spam(Check.JOIN, verdict)
+        return self._verdict_to_spam(Check.JOIN, verdict, user=user_id)
 
     # Rooms ---------------------------------------------------------------------------------
 
@@ -271,7 +301,7 @@ class Guard:
             redacts=getattr(event, "redacts", None),
         )
         check, verdict = decide_event(self._config, self._server_name, facts, state)
-        if not self._report(check, verdict).allowed:
+        if not self._report(check, verdict, user=facts.sender).allowed:
             return False, None
         if facts.type == _TOMBSTONE and facts.state_key == "":
             self._after_upgrade(event)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 from synapse_guard import metrics
+from synapse_guard.audit import AuditTrail
 from synapse_guard.verdict import Check, Reason, Verdict, deny
 
 logger = logging.getLogger("synapse_guard")
@@ -21,14 +22,26 @@ R = TypeVar("R")
 
 
 class Reporter:
-    def __init__(self, metrics_enabled: bool) -> None:
+    def __init__(self, metrics_enabled: bool, audit: AuditTrail | None = None) -> None:
         self._metrics_enabled = metrics_enabled
+        self._audit = audit or AuditTrail(None)
 
-    def __call__(self, check: Check, verdict: Verdict) -> Verdict:
+    def __call__(
+        self,
+        check: Check,
+        verdict: Verdict,
+        *,
+        user: str | None = None,
+        address: str | None = None,
+        event: str | None = None,
+    ) -> Verdict:
+        """Count a decision; log and audit a refusal (and any decision naming an `event`)."""
         if self._metrics_enabled:
             metrics.record(check, verdict)
         if not verdict.allowed:
             logger.info("refused: check=%s reason=%s", check.value, verdict.reason.value)
+        if not verdict.allowed or event is not None:
+            self._audit.record(check, verdict, user=user, address=address, event=event)
         return verdict
 
     def guarded(
