@@ -1,19 +1,22 @@
 """The `synapse-guard` command: operator tools that read Synapse's own configuration.
 
     synapse-guard render nginx -c homeserver.yaml -c homeserver.d/ [--no-geoip2] [-o FILE]
+    synapse-guard check-config -c homeserver.yaml -c homeserver.d/
 
 `-c` takes Synapse's config paths, as many as Synapse is given, in the same order.
 
-Exit status: 0 on success, 1 when the output cannot be written, 2 when the command line or the
-configuration is wrong (the message names the file and the key). Each subcommand is one
-function taking the parsed arguments and returning the exit status; a new one is one more
-`add_parser` call in `build_parser`.
+Exit status: 0 on success, 1 when the output cannot be written (render) or the configuration
+has problems (check-config), 2 when the command line or the configuration is wrong or
+unreadable (the message names the file and the key). Each subcommand is one function taking
+the parsed arguments and returning the exit status; a new one is one more `add_parser` call in
+`build_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hmac
 import os
 import sys
 import tempfile
@@ -21,12 +24,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from synapse_guard import __version__
+from synapse_guard.audit import Pseudonymizer, load_key
+from synapse_guard.config import GuardConfigError
 from synapse_guard.nginx import NginxRenderError, render_nginx
-from synapse_guard.synapse_config import GuardEntry, SynapseConfigError, load_guard_entry
+from synapse_guard.retention_check import check_retention, format_duration
+from synapse_guard.synapse_config import (
+    GuardEntry,
+    SynapseConfig,
+    SynapseConfigError,
+    guard_entry,
+    read_config,
+)
 
 PROG = "synapse-guard"
 EXIT_OK = 0
 EXIT_OUTPUT = 1
+EXIT_PROBLEMS = 1  # check-config found settings to change
 EXIT_USAGE = 2  # also argparse's status for a bad command line
 
 Command = Callable[[argparse.Namespace], int]
@@ -82,6 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
         "left to Synapse, and only deny_cidrs are refused at the edge",
     )
     nginx.set_defaults(handler=_render_nginx)
+
+    check = commands.add_parser(
+        "check-config",
+        parents=[synapse_config],
+        help="check that Synapse's own settings purge data within the guard's retention",
+        description="Check Synapse's configuration against the guard's retention.max_lifetime: "
+        "Synapse's retention must be on, its limits and purge jobs no looser, and media, "
+        "redacted events, forgotten rooms and client IPs purged as soon. Prints each problem "
+        "as `<setting>: <problem>; set <fix>` and exits 1 if there is any, 0 otherwise.",
+    )
+    check.set_defaults(handler=_check_config)
+
+    pseudonym = commands.add_parser(
+        "pseudonym",
+        help="compute or test the audit pseudonym of a user or an address",
+        description="For incident response: compute the pseudonym the audit trail uses for a "
+        "user ID or an address, with the server's audit key, or test whether it matches one "
+        "found in the audit log (exit 0 if it matches, 1 if not).",
+    )
+    pseudonym.add_argument(
+        "--key-file", required=True, help="the file named by audit.pseudonym_key_path"
+    )
+    subject = pseudonym.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--user", help="a full user ID, e.g. @alice:example.org")
+    subject.add_argument("--address", help="an IPv4 or IPv6 address")
+    pseudonym.add_argument("--match", metavar="PSEUDONYM", help="e.g. u:9a8b7c6d5e4f3a2b")
+    pseudonym.set_defaults(handler=_pseudonym)
     return parser
 
 
@@ -116,14 +156,39 @@ def _render_nginx(args: argparse.Namespace) -> int:
     return _emit(text, args.output)
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    config, entry = _read(args.config_paths)
+    problems = check_retention(config.values, entry.config)
+    for problem in problems:
+        print(problem)
+    max_lifetime = format_duration(entry.config.retention.max_lifetime_ms)
+    if problems:
+        count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
+        _say(
+            f"{count}: Synapse would keep data longer than retention.max_lifetime ({max_lifetime})"
+        )
+        return EXIT_PROBLEMS
+    print(
+        f"OK: Synapse purges messages, media, redactions, forgotten rooms and client IPs "
+        f"within retention.max_lifetime ({max_lifetime}); {len(config.files)} files read"
+    )
+    return EXIT_OK
+
+
 def _load(paths: Sequence[str]) -> GuardEntry:
+    return _read(paths)[1]
+
+
+def _read(paths: Sequence[str]) -> tuple[SynapseConfig, GuardEntry]:
+    """Synapse's merged configuration and the guard's entry in it; warnings on stderr."""
     try:
-        entry = load_guard_entry(paths)
+        config = read_config(paths)
+        entry = guard_entry(config)
     except SynapseConfigError as e:
         raise UsageError(str(e)) from None
     for warning in entry.warnings:
         _say(f"warning: {warning}")
-    return entry
+    return config, entry
 
 
 def _emit(text: str, output: str | None) -> int:
@@ -155,6 +220,23 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def _say(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _pseudonym(args: argparse.Namespace) -> int:
+    try:
+        pseudonymizer = Pseudonymizer(load_key(args.key_file))
+    except GuardConfigError as e:
+        raise UsageError(f"--key-file: {e.message}") from None
+    if args.user is not None:
+        computed = pseudonymizer.user(args.user)
+    else:
+        computed = pseudonymizer.address(args.address)
+    if args.match is None:
+        print(computed)
+        return EXIT_OK
+    matches = hmac.compare_digest(computed, args.match.strip())
+    print("match" if matches else "no match")
+    return EXIT_OK if matches else EXIT_PROBLEMS
 
 
 if __name__ == "__main__":

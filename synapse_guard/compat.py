@@ -132,3 +132,17 @@ async def log_out_session(
         await api._device_handler.delete_devices(user_id, [device_id])
     else:
         await api._auth_handler.delete_access_token(access_token)
+
+
+def synapse_config_files(api: ModuleApi) -> list[str] | None:
+    """The config files this Synapse was started with, or None if they cannot be known.
+
+    No public ModuleApi call exposes the homeserver's config; `hs.config.config_files` (the
+    expanded, absolute list of `-c` files, present from 1.100 to 1.163.2) lets the guard
+    re-read exactly what Synapse read. Private: if it disappears, the start-up retention
+    check is skipped with a warning and `synapse-guard check-config` remains.
+    """
+    files = getattr(getattr(getattr(api, "_hs", None), "config", None), "config_files", None)
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files) or not files:
+        return None
+    return list(files)

@@ -20,6 +20,8 @@ from synapse_guard.events import EventFacts, decide_event
 from synapse_guard.geoip import load_geoip_database
 from synapse_guard.network import compile_network_rules, decide_address
 from synapse_guard.reporting import Reporter
+from synapse_guard.retention_check import check_retention
+from synapse_guard.synapse_config import SynapseConfigError, read_config
 from synapse_guard.verdict import Check, Reason, Verdict, deny
 
 logger = logging.getLogger("synapse_guard")
@@ -49,6 +51,7 @@ class Guard:
         self._api = api
         self._server_name = api.server_name
         audit_key = config.audit.pseudonym_key_path if config.audit.enabled else None
+        self._check_synapse_retention(config, api)
         self._report = Reporter(
             metrics_enabled=config.metrics.enabled,
             audit=AuditTrail(Pseudonymizer(load_key(audit_key)) if audit_key else None),
@@ -122,6 +125,27 @@ class Guard:
             config.rooms.history_visibility,
             config.retention.max_lifetime_ms,
         )
+
+    @staticmethod
+    def _check_synapse_retention(config: GuardConfig, api: ModuleApi) -> None:
+        """Refuse to start when Synapse itself would keep data longer than max_lifetime."""
+        files = compat.synapse_config_files(api)
+        if files is None:
+            logger.warning(
+                "cannot read Synapse's config files to check its retention settings; "
+                "run `synapse-guard check-config` before starting Synapse"
+            )
+            return
+        try:
+            values = read_config(files).values
+        except SynapseConfigError as e:
+            raise compat.ConfigError(f"cannot check Synapse's retention settings: {e}") from None
+        problems = check_retention(values, config)
+        if problems:
+            raise compat.ConfigError(
+                "Synapse would keep data longer than retention.max_lifetime: "
+                + "; ".join(str(problem) for problem in problems)
+            )
 
     @staticmethod
     def parse_config(config: Mapping[str, Any]) -> GuardConfig:

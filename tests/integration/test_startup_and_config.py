@@ -140,3 +140,31 @@ def test_metrics_are_exposed_without_identifiers(synapse: SynapseServer) -> None
     guard_lines = [line for line in text.splitlines() if line.startswith("synapse_guard")]
     for identifier in (user_id, room_id, "guard.test", "127.0.0.1"):
         assert not any(identifier in line for line in guard_lines), identifier
+
+
+# --- Synapse's own retention must purge within the guard's max_lifetime -----------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "setting"),
+    [
+        ({"retention": {"enabled": False}}, "retention.enabled"),
+        (
+            {"retention": {"enabled": True, "default_policy": {"max_lifetime": "30d"},
+                           "allowed_lifetime_max": "15d", "purge_jobs": [{"interval": "6h"}]}},
+            "retention.default_policy.max_lifetime",
+        ),
+        (
+            {"media_retention": {"local_media_lifetime": "90d"}},
+            "media_retention.local_media_lifetime",
+        ),
+    ],
+    ids=["retention-off", "default-policy-too-long", "media-kept-too-long"],
+)  # fmt: skip
+def test_loose_synapse_retention_refuses_to_start(
+    synapse_factory: SynapseFactory, extra: dict[str, Any], setting: str
+) -> None:
+    code, output = synapse_factory(extra=extra).run_to_exit()
+    assert code != 0
+    assert "retention.max_lifetime" in output, output
+    assert setting in output, output
