@@ -32,13 +32,14 @@ def load_key(path: str) -> bytes:
         key = Path(path).read_bytes()
     except OSError as e:
         raise GuardConfigError(key_path, f"cannot read {path!r}: {e.strerror}") from None
-    if len(key.strip()) < MIN_KEY_BYTES:
+    # Used as it is, whitespace included: random bytes may well start or end with one.
+    if len(key) < MIN_KEY_BYTES:
         raise GuardConfigError(
             key_path,
-            f"{path!r} holds {len(key.strip())} bytes; at least {MIN_KEY_BYTES} random bytes "
+            f"{path!r} holds {len(key)} bytes; at least {MIN_KEY_BYTES} random bytes "
             "are needed (e.g. `head -c 32 /dev/urandom > audit.key`)",
         )
-    return key.strip()
+    return key
 
 
 class Pseudonymizer:

@@ -180,6 +180,7 @@ def _header(policy: NetworkPolicy, *, geoip2: bool, sources: Sequence[str]) -> l
         "#           location / {",
         "#               proxy_pass http://127.0.0.1:8008;",
         "#               proxy_set_header X-Forwarded-For $remote_addr;",
+        "#               proxy_set_header X-Forwarded-Proto $scheme;",
         "#           }",
         "#       }",
         "#   }",

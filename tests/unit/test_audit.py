@@ -56,7 +56,7 @@ def test_without_a_key_nothing_is_written(caplog: pytest.LogCaptureFixture) -> N
     assert not [r for r in caplog.records if r.name == "synapse_guard.audit"]
 
 
-@pytest.mark.parametrize("content", [b"", b"short", b" " * 40])
+@pytest.mark.parametrize("content", [b"", b"short", b"x" * 31])
 def test_a_short_key_is_refused(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "audit.key"
     path.write_bytes(content)
@@ -110,3 +110,9 @@ def test_the_cli_computes_and_matches_pseudonyms(
 
 def test_the_cli_refuses_a_bad_key_file(tmp_path: Path) -> None:
     assert main(["pseudonym", "--key-file", str(tmp_path / "absent"), "--user", "@a:b"]) == 2
+
+
+def test_a_key_is_used_whitespace_and_all(tmp_path: Path) -> None:
+    path = tmp_path / "audit.key"
+    path.write_bytes(b"\n" + b"k" * 31)  # random bytes can begin or end with whitespace
+    assert load_key(str(path)) == b"\n" + b"k" * 31
