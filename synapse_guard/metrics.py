@@ -20,6 +20,10 @@ SESSIONS_REVOKED = Counter(
     "synapse_guard_sessions_revoked_total",
     "Sessions logged out because they were used from a refused address",
 )
+ADMIN_LOGINS = Counter(
+    "synapse_guard_admin_logins_total",
+    "Logins of server admins that the guard let through (each also audited)",
+)
 GEOIP_BUILD_TIMESTAMP = Gauge(
     "synapse_guard_geoip_database_build_timestamp_seconds",
     "Build time of the loaded GeoIP database (Unix seconds); 0 when none is loaded",

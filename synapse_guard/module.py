@@ -197,7 +197,16 @@ class Guard:
     ) -> SpamResult:
         verdict, address = self._decide_addresses(request_info)
         self._report(Check.LOGIN, verdict, user=user_id, address=address)
-        return NOT_SPAM if verdict.allowed else Codes.FORBIDDEN
+        if not verdict.allowed:
+            return Codes.FORBIDDEN
+        if await self._api.is_user_admin(user_id):
+            # Every admin login is visible: counted (the deployment alerts on it) and audited.
+            if self._config.metrics.enabled:
+                metrics.ADMIN_LOGINS.inc()
+            self._report.audit(
+                Check.LOGIN, verdict, user=user_id, address=address, event="admin_login"
+            )
+        return NOT_SPAM
 
     async def sweep_sessions(self) -> None:
         """Log out every session seen, since the last sweep, from a refused address."""

@@ -41,8 +41,20 @@ class Reporter:
         if not verdict.allowed:
             logger.info("refused: check=%s reason=%s", check.value, verdict.reason.value)
         if not verdict.allowed or event is not None:
-            self._audit.record(check, verdict, user=user, address=address, event=event)
+            self.audit(check, verdict, user=user, address=address, event=event)
         return verdict
+
+    def audit(
+        self,
+        check: Check,
+        verdict: Verdict,
+        *,
+        user: str | None = None,
+        address: str | None = None,
+        event: str | None = None,
+    ) -> None:
+        """An audit record only (the decision was already counted)."""
+        self._audit.record(check, verdict, user=user, address=address, event=event)
 
     def guarded(
         self, check: Check, on_error: Callable[[], R]

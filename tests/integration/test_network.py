@@ -235,3 +235,13 @@ def test_an_sso_token_login_is_judged_by_the_client_address(
         auth=False,
     )
     assert got == status, body
+
+
+def test_every_admin_login_is_counted(netguard: SynapseServer) -> None:
+    admin, member = netguard.new_account("chief", admin=True), netguard.new_account("staff")
+    before = netguard.metric("synapse_guard_admin_logins_total")
+
+    assert login_from(netguard, member, "10.8.0.5")[0] == 200
+    assert netguard.metric("synapse_guard_admin_logins_total") == before
+    assert login_from(netguard, admin, "10.8.0.5")[0] == 200
+    assert netguard.metric("synapse_guard_admin_logins_total") == before + 1
