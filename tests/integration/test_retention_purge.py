@@ -12,12 +12,12 @@ One story per database, observed at three moments:
    message she then redacts, an `m.room.encrypted` event, a topic); a second member reads and
    reports a message; a to-device message waits for a device that never syncs. The APIs and the
    tables show all of it, which proves that the checks below can see what they look for.
-2. *after*: the lifetime has passed and the purge job has run. The messages are gone from
-   `/messages`, `/search`, the admin API and the database: `events`, `event_json`,
-   `event_search`, and every other table (each is scanned for the message text). Synapse keeps
-   the room's latest expired event (hidden from members, not from admins), state events, and
-   event IDs in a few metadata tables; the tests pin down exactly which.
-3. *later*: a newer message has expired too, so the event kept at (2) is purged as well.
+2. *after*: the lifetime has passed and the purge job has run (several times). The messages
+   are gone from `/messages`, `/search`, the admin API and the database: `events`,
+   `event_json`, `event_search`, and every other table (each is scanned for the message text).
+   Synapse keeps the room's newest event, expired too (hidden from members, not from admins),
+   state events, and event IDs in a few metadata tables; the tests pin down exactly which.
+3. *later*: a new message is sent, and the next purge deletes the event kept at (2).
 
 Media: Synapse's own `media_retention` job deletes the uploads and their thumbnails from the
 media store. Synapse runs that job on a fixed one-hour period (`MEDIA_RETENTION_CHECK_PERIOD`
