@@ -1,0 +1,91 @@
+# shellcheck shell=bash
+# Shared by the scripts in deploy/bin/ (sourced, never run). Every path is an environment
+# variable, so each step also runs natively (tests, a host without Docker) with other paths.
+#
+# Layout (defaults; deploy/.env may set any of them, the environment wins over .env):
+#   DEPLOY_DIR    deploy/ (this repository's compose stack)
+#   DATA_ROOT     /srv/synapse-guard            the LUKS-encrypted volume (deploy/README.md)
+#   SYNAPSE_DATA  $DATA_ROOT/synapse            Synapse's /data: homeserver.yaml, signing key
+#   MEDIA_STORE   $SYNAPSE_DATA/media_store     Synapse's media_store_path on the host
+#   SECRETS_DIR   $DATA_ROOT/secrets            generated secrets, mode 0400
+#   BACKUP_DIR    $DATA_ROOT/backups            encrypted backups (copied off-site)
+#   SERVER_NAME   the Matrix server name (init)
+#
+# Messages go to stderr, prefixed with the script's name. No function here prints a secret.
+
+set -euo pipefail
+umask 077
+
+SCRIPT_NAME=$(basename "$0")
+DEPLOY_DIR=${DEPLOY_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+
+say() { printf '[%s] %s\n' "$SCRIPT_NAME" "$*" >&2; }
+warn() { printf '[%s] WARNING: %s\n' "$SCRIPT_NAME" "$*" >&2; }
+die() {
+	printf '[%s] REFUSED: %s\n' "$SCRIPT_NAME" "$*" >&2
+	exit 1
+}
+
+# Simple KEY=value lines of deploy/.env (what docker compose reads too). Never `source`d, so a
+# value cannot run code; variables already in the environment win.
+load_env_file() {
+	local file=${ENV_FILE:-$DEPLOY_DIR/.env} line key value
+	[[ -f $file ]] || return 0
+	while IFS= read -r line || [[ -n $line ]]; do
+		[[ $line =~ ^[[:space:]]*([A-Z_][A-Z0-9_]*)=(.*)$ ]] || continue
+		key=${BASH_REMATCH[1]}
+		value=${BASH_REMATCH[2]}
+		value=${value%\"}
+		value=${value#\"}
+		value=${value%\'}
+		value=${value#\'}
+		[[ -z ${!key+set} ]] && export "$key=$value"
+	done <"$file"
+}
+
+set_layout() {
+	load_env_file
+	DATA_ROOT=${DATA_ROOT:-/srv/synapse-guard}
+	SYNAPSE_DATA=${SYNAPSE_DATA:-$DATA_ROOT/synapse}
+	MEDIA_STORE=${MEDIA_STORE:-$SYNAPSE_DATA/media_store}
+	SECRETS_DIR=${SECRETS_DIR:-$DATA_ROOT/secrets}
+	BACKUP_DIR=${BACKUP_DIR:-$DATA_ROOT/backups}
+	COMPOSE_FILE=${COMPOSE_FILE:-$DEPLOY_DIR/docker-compose.yml}
+}
+
+require_cmd() {
+	local cmd
+	for cmd in "$@"; do
+		command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' is not installed (or not on PATH)"
+	done
+}
+
+require_gnu_tar() {
+	require_cmd tar
+	tar --version 2>/dev/null | head -n1 | grep -q 'GNU tar' || die "GNU tar is needed (found: $(tar --version 2>&1 | head -n1))"
+}
+
+# A command prefix for the PostgreSQL client tools: empty runs them natively (PG* variables
+# apply), e.g. PG_EXEC="docker compose exec -T postgres" runs them inside the postgres container.
+pg_tool() {
+	local -a prefix=()
+	if [[ -n ${PG_EXEC:-} ]]; then
+		read -r -a prefix <<<"$PG_EXEC"
+	fi
+	"${prefix[@]}" "$@"
+}
+
+# Synapse's own tools: natively with SYNAPSE_PYTHON (a python with Synapse installed), otherwise
+# in the compose stack's synapse image.
+synapse_python() {
+	if [[ -n ${SYNAPSE_PYTHON:-} ]]; then
+		"$SYNAPSE_PYTHON" "$@"
+	else
+		require_cmd docker
+		[[ -f $COMPOSE_FILE ]] || die "no $COMPOSE_FILE (or set SYNAPSE_PYTHON to run natively)"
+		docker compose -f "$COMPOSE_FILE" run --rm --no-deps -T --entrypoint python synapse "$@"
+	fi
+}
+
+# Human-readable size, for messages.
+human_size() { numfmt --to=iec-i --suffix=B "$1" 2>/dev/null || printf '%s bytes' "$1"; }
