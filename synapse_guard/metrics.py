@@ -6,7 +6,11 @@ a user ID, room ID, address or content: only the fixed `Check`/`Reason` values.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from synapse_guard import __version__
 from synapse_guard.verdict import Check, Verdict
@@ -24,10 +28,36 @@ ADMIN_LOGINS = Counter(
     "synapse_guard_admin_logins_total",
     "Logins of server admins that the guard let through (each also audited)",
 )
-GEOIP_BUILD_TIMESTAMP = Gauge(
+
+
+class _GaugeWhenSet(Collector):
+    """A gauge exported only once a value was set.
+
+    A GeoIP build time of 0 means "the database is unusable" (an alert); a server that
+    configures no country has no database, and must export no value rather than that 0.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._value: float | None = None
+
+    def set(self, value: float) -> None:
+        self._value = value
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self._value is not None:
+            yield GaugeMetricFamily(self._name, self._documentation, value=self._value)
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # nothing to check for clashes before a value exists
+
+
+GEOIP_BUILD_TIMESTAMP = _GaugeWhenSet(
     "synapse_guard_geoip_database_build_timestamp_seconds",
-    "Build time of the loaded GeoIP database (Unix seconds); 0 when none is loaded",
+    "Build time of the loaded GeoIP database (Unix seconds); 0 while it is unusable",
 )
+REGISTRY.register(GEOIP_BUILD_TIMESTAMP)
 INFO = Gauge("synapse_guard_info", "synapse-guard is loaded", ["version"])
 INFO.labels(version=__version__).set(1)
 
