@@ -42,6 +42,10 @@ class _GaugeWhenSet(Collector):
         self._documentation = documentation
         self._value: float | None = None
 
+    @property
+    def name(self) -> str:
+        return self._name
+
     def set(self, value: float) -> None:
         self._value = value
 

@@ -88,9 +88,9 @@ def test_the_jail_bans_in_docker_user(fail2ban_regex: str, tmp_path: Path) -> No
     log = tmp_path / "login.log"
     log.write_text("")
     jail = JAIL.read_text()
-    assert "logpath  = /srv/synapse-guard/logs/nginx/matrix-login.log" in jail
+    assert "logpath  = /srv/synapse-guard/logs/nginx/login.log" in jail
     (config / "jail.d" / JAIL.name).write_text(
-        jail.replace("/srv/synapse-guard/logs/nginx/matrix-login.log", str(log))
+        jail.replace("/srv/synapse-guard/logs/nginx/login.log", str(log))
     )
     result = subprocess.run(
         [client, "-c", str(config), "-d"], capture_output=True, text=True, timeout=60, check=False
