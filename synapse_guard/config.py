@@ -104,6 +104,27 @@ class AuditConfig:
 
 
 @attrs.frozen(slots=True)
+class AuthConfig:
+    """Second factor (TOTP) for password logins."""
+
+    totp: str = "off"  # off | optional | required
+    secrets_key_path: str | None = None  # >= 32 random bytes; encrypts TOTP secrets at rest
+    password_pepper_path: str | None = None  # Synapse's password_config.pepper, if one is set
+    max_failures: int = 5  # failed codes per user within failure_window before refusing
+    failure_window_ms: int = 15 * _DURATION_UNITS_MS["m"]
+    issuer: str = "synapse-guard"
+
+
+@attrs.frozen(slots=True)
+class LockdownConfig:
+    """Server-wide lockdown and the dead man's switch."""
+
+    exempt_users: frozenset[str] = frozenset()  # break-glass admins, full user IDs
+    deadman_interval_ms: int | None = None  # None: no dead man's switch
+    checkin_users: frozenset[str] = frozenset()  # admins who may check in
+
+
+@attrs.frozen(slots=True)
 class GuardConfig:
     registration: RegistrationPolicy = RegistrationPolicy()
     federation: FederationPolicy = FederationPolicy()
@@ -112,6 +133,8 @@ class GuardConfig:
     network: NetworkPolicy = NetworkPolicy()
     metrics: MetricsConfig = MetricsConfig()
     audit: AuditConfig = AuditConfig()
+    auth: AuthConfig = AuthConfig()
+    lockdown: LockdownConfig = LockdownConfig()
 
 
 T = TypeVar("T")
@@ -273,7 +296,7 @@ def _parse_retention(raw: object, path: str) -> RetentionPolicy:
     return policy
 
 
-_NO_CODES: tuple[str, ...] = ()
+_NO_CODES: tuple[str, ...] = ()  # a typed empty default for lists of strings
 
 
 def _parse_network(raw: object, path: str) -> NetworkPolicy:
@@ -327,6 +350,70 @@ def _parse_audit(raw: object, path: str) -> AuditConfig:
     return audit
 
 
+def _user_id(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value.startswith("@") or ":" not in value:
+        raise GuardConfigError(
+            path, f"{value!r} is not a full user ID such as '@alice:example.org'"
+        )
+    return value
+
+
+def _positive_int(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise GuardConfigError(path, f"must be a whole number above zero, got {value!r}")
+    return value
+
+
+def _text(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise GuardConfigError(path, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _parse_auth(raw: object, path: str) -> AuthConfig:
+    section = _Section(
+        raw,
+        path,
+        (
+            "totp",
+            "secrets_key_path",
+            "password_pepper_path",
+            "max_failures",
+            "failure_window",
+            "issuer",
+        ),
+    )
+    defaults = AuthConfig()
+    auth = AuthConfig(
+        totp=section.get("totp", "off", _choice(("off", "optional", "required"))),
+        secrets_key_path=section.get("secrets_key_path", None, _optional_path),
+        password_pepper_path=section.get("password_pepper_path", None, _optional_path),
+        max_failures=section.get("max_failures", defaults.max_failures, _positive_int),
+        failure_window_ms=section.get("failure_window", defaults.failure_window_ms, parse_duration),
+        issuer=section.get("issuer", defaults.issuer, _text),
+    )
+    if auth.totp != "off" and auth.secrets_key_path is None:
+        raise GuardConfigError(
+            section.key("secrets_key_path"),
+            "is required when auth.totp is optional or required: give the path of a file "
+            "holding at least 32 random bytes (it encrypts the TOTP secrets in the database)",
+        )
+    return auth
+
+
+def _optional_duration(value: object, path: str) -> int | None:
+    return None if value is None else parse_duration(value, path)
+
+
+def _parse_lockdown(raw: object, path: str) -> LockdownConfig:
+    section = _Section(raw, path, ("exempt_users", "deadman_interval", "checkin_users"))
+    return LockdownConfig(
+        exempt_users=frozenset(section.get("exempt_users", _NO_CODES, _list_of(_user_id))),
+        deadman_interval_ms=section.get("deadman_interval", None, _optional_duration),
+        checkin_users=frozenset(section.get("checkin_users", _NO_CODES, _list_of(_user_id))),
+    )
+
+
 _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "registration": _parse_registration,
     "federation": _parse_federation,
@@ -335,6 +422,8 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "network": _parse_network,
     "metrics": _parse_metrics,
     "audit": _parse_audit,
+    "auth": _parse_auth,
+    "lockdown": _parse_lockdown,
 }
 
 

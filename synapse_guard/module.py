@@ -12,7 +12,16 @@ from typing import Any
 
 from synapse.module_api import ModuleApi
 
-from synapse_guard import compat, federation, metrics, registration, rooms, sessions
+from synapse_guard import (
+    compat,
+    federation,
+    lockdown,
+    metrics,
+    registration,
+    rooms,
+    sessions,
+    totp,
+)
 from synapse_guard.audit import AuditTrail, Pseudonymizer, load_key
 from synapse_guard.compat import NOT_SPAM, Codes, RegistrationBehaviour
 from synapse_guard.config import GuardConfig, GuardConfigError, parse_guard_config
@@ -108,6 +117,8 @@ class Guard:
             "password auth provider",
             {"is_3pid_allowed": guarded(Check.THREEPID, lambda: False)(self.is_3pid_allowed)},
         )
+        totp.install(api, config, self._report)
+        lockdown.install(api, config, self._report)
         network = config.network
         if network.revoke_sessions and (network.has_allow_rules or network.deny_cidrs):
             api.looping_background_call(
