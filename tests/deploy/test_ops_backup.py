@@ -23,10 +23,19 @@ from typing import Any
 
 import pytest
 import requests
+import synapse
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require
 from tests.integration.harness import REPO, SERVER_NAME, PostgresCluster, SynapseServer
+
+# deploy/bin/create-user hands the password over with `register_new_matrix_user
+# --password-file` (never on a command line), which Synapse has since 1.120; the deployment
+# pins 1.163.2. On older Synapse in the tox matrix these scripts do not apply.
+pytestmark = pytest.mark.skipif(
+    tuple(int(part) for part in synapse.__version__.split(".")[:2]) < (1, 120),
+    reason="the deploy scripts need register_new_matrix_user --password-file (Synapse >= 1.120)",
+)
 
 BIN = REPO / "deploy" / "bin"
 SCRIPTS = sorted(p for p in BIN.iterdir() if p.is_file())
