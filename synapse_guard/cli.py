@@ -2,6 +2,9 @@
 
     synapse-guard render nginx -c homeserver.yaml -c homeserver.d/ [--no-geoip2] [-o FILE]
     synapse-guard check-config -c homeserver.yaml -c homeserver.d/
+    synapse-guard lockdown on|off|status --url URL --token-file FILE [--revoke-sessions]
+    synapse-guard checkin --url URL --token-file FILE
+    synapse-guard totp enroll|reset|set-password --url URL --token-file FILE --user @u:server
 
 `-c` takes Synapse's config paths, as many as Synapse is given, in the same order.
 
@@ -23,9 +26,18 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from synapse_guard import __version__
+from synapse_guard import __version__, totp_cli
 from synapse_guard.audit import Pseudonymizer, load_key
 from synapse_guard.config import GuardConfigError
+from synapse_guard.lockdown_client import (
+    CHECKIN_PATH,
+    LOCKDOWN_PATH,
+    ClientError,
+    TokenFileError,
+    call,
+    describe,
+    read_token,
+)
 from synapse_guard.nginx import NginxRenderError, render_nginx
 from synapse_guard.retention_check import check_retention, format_duration
 from synapse_guard.synapse_config import (
@@ -122,6 +134,49 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--address", help="an IPv4 or IPv6 address")
     pseudonym.add_argument("--match", metavar="PSEUDONYM", help="e.g. u:9a8b7c6d5e4f3a2b")
     pseudonym.set_defaults(handler=_pseudonym)
+
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument(
+        "--url", required=True, help="the server's base URL, e.g. https://chat.example.org"
+    )
+    server.add_argument(
+        "--token-file",
+        required=True,
+        metavar="FILE",
+        help="a file holding the caller's access token (never given on the command line)",
+    )
+    lock = commands.add_parser(
+        "lockdown",
+        parents=[server],
+        help="lock the server down, open it, or show its state (server admins)",
+        description="Switch the server-wide lockdown through the guard's admin endpoint. While "
+        "locked, only lockdown.exempt_users may use the server (and this command). Exit status: "
+        "0 done, 1 the server refused or could not be reached, 2 bad arguments or token file.",
+    )
+    lock.add_argument("action", choices=("on", "off", "status"))
+    lock.add_argument(
+        "--revoke-sessions",
+        action="store_true",
+        help="with `on`: also log out every session of every user who is not exempt",
+    )
+    lock.set_defaults(handler=_lockdown)
+    checkin = commands.add_parser(
+        "checkin",
+        parents=[server],
+        help="check in to the dead man's switch (lockdown.checkin_users)",
+        description="Record a check-in, so the dead man's switch does not lock the server. "
+        "Exit status: 0 recorded, 1 refused or unreachable, 2 bad arguments or token file.",
+    )
+    checkin.set_defaults(handler=_checkin)
+
+    totp = commands.add_parser(
+        "totp",
+        help="enrol a user in the second factor, reset it, or set a password (server admins)",
+        description="Admin actions of auth.totp, over the guard's endpoints on the server "
+        "(/_synapse/client/synapse_guard/totp/...), with a server admin's access token read "
+        "from a file. Exit 0 on success, 1 if the server refused or cannot be reached.",
+    )
+    totp_cli.add_arguments(totp)
     return parser
 
 
@@ -237,6 +292,44 @@ def _pseudonym(args: argparse.Namespace) -> int:
     matches = hmac.compare_digest(computed, args.match.strip())
     print("match" if matches else "no match")
     return EXIT_OK if matches else EXIT_PROBLEMS
+
+
+def _token(path: str) -> str:
+    try:
+        return read_token(path)
+    except TokenFileError as e:
+        raise UsageError(f"--token-file: {e}") from None
+
+
+def _lockdown(args: argparse.Namespace) -> int:
+    if args.revoke_sessions and args.action != "on":
+        raise UsageError("--revoke-sessions goes only with `on`")
+    token = _token(args.token_file)
+    body = None
+    if args.action != "status":
+        body = {"locked": args.action == "on"}
+        if args.revoke_sessions:
+            body["revoke_sessions"] = True
+    try:
+        status = call(args.url, LOCKDOWN_PATH, token, body)
+    except ClientError as e:
+        _say(f"error: {e}")
+        return EXIT_PROBLEMS
+    print(describe(status))
+    if status.get("revoked_sessions"):
+        print(f"logged out {status['revoked_sessions']} sessions")
+    return EXIT_OK
+
+
+def _checkin(args: argparse.Namespace) -> int:
+    token = _token(args.token_file)
+    try:
+        status = call(args.url, CHECKIN_PATH, token, {})
+    except ClientError as e:
+        _say(f"error: {e}")
+        return EXIT_PROBLEMS
+    print("checked in; " + describe(status))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,12 +1,281 @@
-"""Server-wide lockdown and the dead man's switch. Not built yet: `install` is a no-op."""
+"""Server-wide lockdown and the dead man's switch (docs/lockdown.md).
+
+While locked, every authenticated request of a user outside `lockdown.exempt_users` gets 403
+ORG_MATRIX_EXPIRED_ACCOUNT (an `is_user_expired` callback) and their logins are refused
+(`Lockdown.refuse_login`, asked by `Guard.check_login_for_spam`). The state lives in the
+guard's own table (lockdown_store), so it holds across restarts and on every worker; each
+process trusts its last read for 2 seconds.
+
+Endpoints (mounted by Synapse on every listener, authenticated here):
+    GET  /_synapse/client/synapse_guard/lockdown   server admins: the state
+    POST /_synapse/client/synapse_guard/lockdown   {"locked": bool, "revoke_sessions": bool}
+    POST /_synapse/client/synapse_guard/checkin    a check-in for the dead man's switch
+While locked, only exempt admins may use the lockdown endpoint.
+"""
 
 from __future__ import annotations
 
-from synapse.module_api import ModuleApi
+import logging
+from typing import Any
 
-from synapse_guard.config import GuardConfig
+from synapse.module_api import DirectServeJsonResource, ModuleApi
+
+from synapse_guard import compat, lockdown_store, metrics
+from synapse_guard.compat import Codes, SynapseError
+from synapse_guard.config import GuardConfig, LockdownConfig
+from synapse_guard.lockdown_state import (
+    LockdownState,
+    RequestError,
+    StateCache,
+    deadman_poll_ms,
+    login_refused,
+    parse_checkin,
+    parse_switch,
+    status_json,
+    user_expired,
+)
 from synapse_guard.reporting import Reporter
+from synapse_guard.verdict import Check, Reason, allow, deny
+
+logger = logging.getLogger("synapse_guard")
+
+LOCKDOWN_PATH = "/_synapse/client/synapse_guard/lockdown"
+CHECKIN_PATH = "/_synapse/client/synapse_guard/checkin"
+
+_LOCKDOWN = deny(Reason.LOCKDOWN)
 
 
-def install(api: ModuleApi, config: GuardConfig, report: Reporter) -> None:
+def _locked_out() -> bool | None:
+    return True  # an error while deciding locks the user out (exempt users never get here)
+
+
+def install(api: ModuleApi, config: GuardConfig, report: Reporter) -> Lockdown:
     """Register this control's callbacks and resources (called from Guard.__init__)."""
+    control = Lockdown(api, config.lockdown, report, metrics_enabled=config.metrics.enabled)
+    control.register()
+    return control
+
+
+class Lockdown:
+    def __init__(
+        self, api: ModuleApi, config: LockdownConfig, report: Reporter, *, metrics_enabled: bool
+    ) -> None:
+        self._api = api
+        self._config = config
+        self._report = report
+        self._metrics = metrics_enabled
+        self._cache = StateCache()
+        self._table_ready = False
+
+    def register(self) -> None:
+        guarded = self._report.guarded
+        compat.register_callbacks(
+            self._api.register_account_validity_callbacks,
+            "account validity",
+            {"is_user_expired": guarded(Check.REQUEST, _locked_out)(self.is_user_expired)},
+        )
+        self._api.register_web_resource(LOCKDOWN_PATH, LockdownResource(self))
+        self._api.register_web_resource(CHECKIN_PATH, CheckinResource(self))
+        interval = self._config.deadman_interval_ms
+        if interval is not None:
+            self._api.looping_background_call(
+                guarded(Check.REQUEST, lambda: None)(self.deadman_tick),
+                deadman_poll_ms(interval),
+                desc="synapse_guard_deadman",
+            )
+        if not self._config.exempt_users:
+            logger.warning(
+                "lockdown.exempt_users is empty: once the server is locked down, no account can "
+                "unlock it through the API (see docs/lockdown.md, 'Recovery')"
+            )
+
+    # -- state -------------------------------------------------------------------------------
+
+    async def _db(self, desc: str, func: Any, *args: Any) -> Any:
+        def run(txn: Any) -> Any:
+            if not self._table_ready:
+                lockdown_store.ensure_table(txn)
+            return func(txn, *args)
+
+        result = await self._api.run_db_interaction(f"synapse_guard_{desc}", run)
+        self._table_ready = True
+        return result
+
+    def _remember(self, state: LockdownState) -> LockdownState:
+        self._cache.put(state)
+        if self._metrics:
+            metrics.LOCKDOWN_ACTIVE.set(1 if state.locked else 0)
+        return state
+
+    async def state(self) -> LockdownState:
+        cached = self._cache.get()
+        if cached is not None:
+            return cached
+        return self._remember(await self._db("lockdown_read", lockdown_store.read_state))
+
+    def exempt(self, user_id: str) -> bool:
+        return user_id in self._config.exempt_users
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    async def is_user_expired(self, user_id: str) -> bool | None:
+        if self.exempt(user_id):
+            return None  # no database read for break-glass admins
+        expired = user_expired(await self.state(), user_id, self._config.exempt_users)
+        if expired and self._metrics:
+            # Counted, not logged: a locked-out client retries, and each retry would log.
+            metrics.record(Check.REQUEST, _LOCKDOWN)
+        return expired
+
+    async def refuse_login(self, user_id: str) -> bool:
+        """True (counted, logged and audited) if this login must be refused.
+
+        Called by `Guard.check_login_for_spam`, which already runs inside the single failure
+        wrapper (an error there refuses the login)."""
+        if self.exempt(user_id):
+            return False
+        if login_refused(await self.state(), user_id, self._config.exempt_users):
+            self._report(Check.LOGIN, _LOCKDOWN, user=user_id)
+            return True
+        return False
+
+    # -- switching ---------------------------------------------------------------------------
+
+    async def switch(self, locked: bool, cause: str, user: str | None = None) -> bool:
+        """Lock or unlock; True if this changed the state."""
+        result = await self._db("lockdown_switch", lockdown_store.switch, locked, cause)
+        self._remember(result.state)
+        if result.changed:
+            self._announce(result.state, user)
+        return bool(result.changed)
+
+    def _announce(self, state: LockdownState, user: str | None) -> None:
+        if state.locked:
+            logger.warning("lockdown switched on (cause=%s)", state.cause)
+            if self._metrics:
+                metrics.LOCKDOWNS.labels(cause=state.cause or "manual").inc()
+        else:
+            logger.warning("lockdown switched off")
+        event = "lockdown_on" if state.locked else "lockdown_off"
+        self._report.audit(Check.REQUEST, allow(Reason.LOCKDOWN), user=user, event=event)
+
+    async def revoke_sessions(self) -> int:
+        """Log out every session of every user who is not exempt; returns how many."""
+        sessions = await self._db(
+            "lockdown_sessions", lockdown_store.select_sessions, self._config.exempt_users
+        )
+        for user_id, device_id, token in sessions:
+            await compat.log_out_session(self._api, user_id, device_id, token)
+            if self._metrics:
+                metrics.LOCKDOWN_SESSIONS_REVOKED.inc()
+        if sessions:
+            logger.warning("lockdown: logged out %d sessions", len(sessions))
+        return len(sessions)
+
+    async def checkin(self, user: str) -> int:
+        now = int(await self._db("deadman_checkin", lockdown_store.record_checkin))
+        if self._metrics:
+            metrics.DEADMAN_LAST_CHECKIN.set(now / 1000)
+        logger.info("dead man's switch: check-in recorded")
+        self._report.audit(Check.REQUEST, allow(Reason.LOCKDOWN), user=user, event="checkin")
+        return now
+
+    async def status(self) -> dict[str, Any]:
+        snapshot = await self._db("lockdown_status", lockdown_store.read_snapshot)
+        self._remember(snapshot.state)
+        return status_json(
+            snapshot.state,
+            self._config.deadman_interval_ms,
+            snapshot.last_checkin_ms,
+            snapshot.now_ms,
+        )
+
+    async def deadman_tick(self) -> None:
+        interval = self._config.deadman_interval_ms
+        if interval is None:
+            return
+        snapshot, locked = await self._db("deadman_tick", lockdown_store.deadman_lock, interval)
+        self._remember(snapshot.state)
+        if self._metrics and snapshot.last_checkin_ms is not None:
+            metrics.DEADMAN_LAST_CHECKIN.set(snapshot.last_checkin_ms / 1000)
+        if locked:
+            logger.warning(
+                "dead man's switch: no check-in for %d ms (interval %d ms); locking down",
+                snapshot.now_ms - (snapshot.last_checkin_ms or snapshot.now_ms),
+                interval,
+            )
+            self._announce(snapshot.state, None)
+
+    # -- endpoint authorisation --------------------------------------------------------------
+
+    async def caller(self, request: Any) -> str:
+        # allow_expired: the guard's own `is_user_expired` must not shut exempt admins (nor a
+        # check-in) out of these endpoints; the rules below decide instead.
+        requester = await self._api.get_user_by_req(request, allow_expired=True)
+        return str(requester.user.to_string())
+
+    async def require_admin(self, user: str) -> None:
+        if not await self._api.is_user_admin(user):
+            raise SynapseError(403, "You are not a server admin", Codes.FORBIDDEN)
+        if not self.exempt(user) and (await self.state()).locked:
+            raise SynapseError(
+                403, "The server is locked down; only exempt admins may do this", Codes.FORBIDDEN
+            )
+
+    async def require_checkin_user(self, user: str) -> None:
+        if self._config.checkin_users:
+            allowed = user in self._config.checkin_users
+        else:
+            allowed = await self._api.is_user_admin(user)
+        if not allowed:
+            raise SynapseError(403, "You may not check in", Codes.FORBIDDEN)
+
+
+def _body(request: Any) -> bytes:
+    content = request.content.read()
+    return content if isinstance(content, bytes) else b""
+
+
+def _bad_request(error: RequestError) -> SynapseError:
+    return SynapseError(400, str(error), Codes.BAD_JSON)
+
+
+class LockdownResource(DirectServeJsonResource):
+    def __init__(self, control: Lockdown) -> None:
+        super().__init__()
+        self._control = control
+
+    async def _async_render_GET(self, request: Any) -> tuple[int, dict[str, Any]]:
+        control = self._control
+        await control.require_admin(await control.caller(request))
+        return 200, await control.status()
+
+    async def _async_render_POST(self, request: Any) -> tuple[int, dict[str, Any]]:
+        control = self._control
+        user = await control.caller(request)
+        await control.require_admin(user)
+        try:
+            wanted = parse_switch(_body(request))
+        except RequestError as e:
+            raise _bad_request(e) from None
+        changed = await control.switch(wanted.locked, "manual", user)
+        revoked = await control.revoke_sessions() if wanted.revoke_sessions else 0
+        status = await control.status()
+        return 200, {**status, "changed": changed, "revoked_sessions": revoked}
+
+
+class CheckinResource(DirectServeJsonResource):
+    def __init__(self, control: Lockdown) -> None:
+        super().__init__()
+        self._control = control
+
+    async def _async_render_POST(self, request: Any) -> tuple[int, dict[str, Any]]:
+        control = self._control
+        user = await control.caller(request)
+        await control.require_checkin_user(user)
+        try:
+            parse_checkin(_body(request))
+        except RequestError as e:
+            raise _bad_request(e) from None
+        await control.checkin(user)
+        return 200, await control.status()

@@ -64,6 +64,26 @@ GEOIP_BUILD_TIMESTAMP = _GaugeWhenSet(
 REGISTRY.register(GEOIP_BUILD_TIMESTAMP)
 INFO = Gauge("synapse_guard_info", "synapse-guard is loaded", ["version"])
 INFO.labels(version=__version__).set(1)
+LOCKDOWN_ACTIVE = Gauge(
+    "synapse_guard_lockdown_active",
+    "1 while the server is locked down (as last read from the database by this process)",
+)
+LOCKDOWNS = Counter(
+    "synapse_guard_lockdowns_total",
+    "Lockdowns entered, by cause (manual: the admin endpoint; deadman: no check-in in time)",
+    ["cause"],
+)
+for _cause in ("manual", "deadman"):
+    LOCKDOWNS.labels(cause=_cause)  # exported at 0 from the start, so increase() sees the first
+DEADMAN_LAST_CHECKIN = _GaugeWhenSet(
+    "synapse_guard_deadman_last_checkin_timestamp_seconds",
+    "Time of the last dead man's switch check-in (Unix seconds); exported once known",
+)
+REGISTRY.register(DEADMAN_LAST_CHECKIN)
+LOCKDOWN_SESSIONS_REVOKED = Counter(
+    "synapse_guard_lockdown_sessions_revoked_total",
+    "Sessions logged out when a lockdown was switched on with revoke_sessions",
+)
 
 
 def record(check: Check, verdict: Verdict) -> None:

@@ -118,7 +118,7 @@ class Guard:
             {"is_3pid_allowed": guarded(Check.THREEPID, lambda: False)(self.is_3pid_allowed)},
         )
         totp.install(api, config, self._report)
-        lockdown.install(api, config, self._report)
+        self._lockdown = lockdown.install(api, config, self._report)
         network = config.network
         if network.revoke_sessions and (network.has_allow_rules or network.deny_cidrs):
             api.looping_background_call(
@@ -168,6 +168,8 @@ class Guard:
                 database.close()
             if parsed.audit.enabled and parsed.audit.pseudonym_key_path:
                 load_key(parsed.audit.pseudonym_key_path)  # refuse a missing or short key
+            if parsed.auth.totp != "off":
+                totp.load_files(parsed.auth)  # refuse a missing or short secrets key
             return parsed
         except GuardConfigError as e:
             # One path element: Synapse prints it after `modules.<item N>.config.` as it is,
@@ -207,8 +209,14 @@ class Guard:
         auth_provider_id: str | None = None,
     ) -> SpamResult:
         verdict, address = self._decide_addresses(request_info)
+        if verdict.allowed and not totp.login_type_allowed(self._config, auth_provider_id, user_id):
+            # auth.totp: required, and this login did not pass the guard's password + code check
+            # (SSO, m.login.token, JWT, appservice).
+            verdict = deny(Reason.TOTP_REQUIRED)
         self._report(Check.LOGIN, verdict, user=user_id, address=address)
         if not verdict.allowed:
+            return Codes.FORBIDDEN
+        if await self._lockdown.refuse_login(user_id):  # counts, logs and audits itself
             return Codes.FORBIDDEN
         if await self._api.is_user_admin(user_id):
             # Every admin login is visible: counted (the deployment alerts on it) and audited.

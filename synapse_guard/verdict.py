@@ -19,6 +19,7 @@ class Check(str, enum.Enum):
     EVENT = "event"
     PUBLISH = "publish"
     THREEPID = "threepid"
+    REQUEST = "request"  # an authenticated request (refused only by a lockdown)
 
 
 class Reason(str, enum.Enum):
@@ -42,6 +43,13 @@ class Reason(str, enum.Enum):
     COUNTRY_UNKNOWN = "country_unknown"
     INVALID_ADDRESS = "invalid_address"
     INTERNAL_ERROR = "internal_error"
+    LOCKDOWN = "lockdown"
+    PASSWORD_INVALID = "password_invalid"  # noqa: S105 (a label, not a password)
+    TOTP_INVALID = "totp_invalid"
+    TOTP_REPLAYED = "totp_replayed"
+    TOTP_RATE_LIMITED = "totp_rate_limited"
+    TOTP_NOT_ENROLLED = "totp_not_enrolled"
+    TOTP_REQUIRED = "totp_required"
 
 
 @attrs.frozen(slots=True)

@@ -36,6 +36,11 @@ GUARD_METRICS = {
     "synapse_guard_geoip_database_build_timestamp_seconds",
     "synapse_guard_info",
     "synapse_guard_admin_logins_total",
+    # lockdown and the dead man's switch (docs/lockdown.md)
+    "synapse_guard_lockdown_active",
+    "synapse_guard_lockdowns_total",
+    "synapse_guard_deadman_last_checkin_timestamp_seconds",
+    "synapse_guard_lockdown_sessions_revoked_total",
 }
 # Written by deploy/bin/backup into node-exporter's textfile directory.
 BACKUP_METRICS = {
@@ -63,6 +68,7 @@ KNOWN_LABEL_VALUES = {
         "event",
         "publish",
         "threepid",
+        "request",  # an authenticated request refused by a lockdown
     },
     "outcome": {"allow", "deny"},
     "reason": {
@@ -84,6 +90,14 @@ KNOWN_LABEL_VALUES = {
         "country_unknown",
         "invalid_address",
         "internal_error",
+        "lockdown",
+        # auth.totp: the second factor on password logins
+        "password_invalid",
+        "totp_invalid",
+        "totp_replayed",
+        "totp_rate_limited",
+        "totp_not_enrolled",
+        "totp_required",
     },
 }
 
@@ -303,8 +317,8 @@ def test_known_guard_metrics_match_the_module() -> None:
     from synapse_guard import metrics  # registers the guard's metrics
     from synapse_guard.verdict import Check, Reason
 
-    # Exported only once a GeoIP database is loaded, so name it here.
-    exported = {metrics.GEOIP_BUILD_TIMESTAMP.name}
+    # Exported only once a GeoIP database is loaded / a check-in is known, so name them here.
+    exported = {metrics.GEOIP_BUILD_TIMESTAMP.name, metrics.DEADMAN_LAST_CHECKIN.name}
     for family in REGISTRY.collect():
         suffix = "_total" if family.type == "counter" else ""
         exported.add(family.name + suffix)

@@ -515,8 +515,11 @@ def test_every_proxied_location_applies_the_guard_policy(tree: list[Directive]) 
     proxied = [loc for loc in matrix.children("location") if loc.children("proxy_pass")]
     assert len(proxied) >= 5
     for location in proxied:
-        # The admin API's variable includes the guard's verdict (next test).
-        variable = "$matrix_admin_refused" if "/_synapse/admin/" in location.args else None
+        # The admin variable includes the guard's verdict (next test): the admin API and the
+        # guard's own admin endpoints.
+        admin_paths = ("/_synapse/admin/", "/_synapse/client/synapse_guard/")
+        is_admin = any(path in location.args for path in admin_paths)
+        variable = "$matrix_admin_refused" if is_admin else None
         guards = [
             d
             for d in location.children("if")
