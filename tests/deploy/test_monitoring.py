@@ -277,6 +277,8 @@ def test_expected_alerts_exist() -> None:
         "FederationTraffic",
         "GuardRefusalsSpike",
         "SessionsRevoked",
+        "LockdownActive",
+        "DeadmanCheckinDue",
         "AdminLogin",
         "GeoIPDatabaseStale",
         "GeoIPDatabaseUnusable",
