@@ -13,33 +13,19 @@ import hmac
 import json
 import logging
 import time
-from pathlib import Path
 
-from synapse_guard.config import GuardConfigError
+from synapse_guard.keyfile import read_key_file
 from synapse_guard.network import parse_address
 from synapse_guard.verdict import Check, Verdict
 
 audit_logger = logging.getLogger("synapse_guard.audit")
 
-MIN_KEY_BYTES = 32
 PSEUDONYM_HEX_DIGITS = 16  # 64 bits: no collision in practice for a team's users and addresses
 
 
 def load_key(path: str) -> bytes:
     """Read the pseudonym key; refuse a missing, unreadable or short file (names the key)."""
-    key_path = "audit.pseudonym_key_path"
-    try:
-        key = Path(path).read_bytes()
-    except OSError as e:
-        raise GuardConfigError(key_path, f"cannot read {path!r}: {e.strerror}") from None
-    # Used as it is, whitespace included: random bytes may well start or end with one.
-    if len(key) < MIN_KEY_BYTES:
-        raise GuardConfigError(
-            key_path,
-            f"{path!r} holds {len(key)} bytes; at least {MIN_KEY_BYTES} random bytes "
-            "are needed (e.g. `head -c 32 /dev/urandom > audit.key`)",
-        )
-    return key
+    return read_key_file(path, "audit.pseudonym_key_path")
 
 
 class Pseudonymizer:

@@ -21,11 +21,12 @@ import nacl.utils
 import pyotp
 
 from synapse_guard.config import GuardConfigError
+from synapse_guard.keyfile import MIN_KEY_BYTES, read_key_file
 from synapse_guard.verdict import Reason, Verdict, allow, deny
 
 CODE_DIGITS = 6
 STEP_SECONDS = 30  # RFC 6238's default, what every authenticator app assumes
-MIN_KEY_BYTES = 32
+
 # Clock skew accepted between the server and the phone, in time steps either side.
 SKEW_STEPS = 1
 BCRYPT_MAX_BYTES = 72  # bcrypt reads no further; bcrypt >= 5 raises on longer input
@@ -161,18 +162,7 @@ def after_failure(failures: Failures, now_ms: int, window_ms: int) -> Failures:
 
 def load_secrets_key(path: str) -> bytes:
     """Read auth.secrets_key_path; refuse a missing, unreadable or short file (names the key)."""
-    key_path = "auth.secrets_key_path"
-    try:
-        key = Path(path).read_bytes()
-    except OSError as e:
-        raise GuardConfigError(key_path, f"cannot read {path!r}: {e.strerror}") from None
-    if len(key) < MIN_KEY_BYTES:
-        raise GuardConfigError(
-            key_path,
-            f"{path!r} holds {len(key)} bytes; at least {MIN_KEY_BYTES} random bytes are "
-            "needed (e.g. `head -c 32 /dev/urandom > totp.key`)",
-        )
-    return key
+    return read_key_file(path, "auth.secrets_key_path")
 
 
 def load_pepper(path: str | None) -> str:

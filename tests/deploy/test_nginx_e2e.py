@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -46,7 +45,13 @@ from tests.deploy.test_nginx_static import (
     render_site,
 )
 from tests.integration.conftest import SynapseFactory
-from tests.integration.harness import PASSWORD, SynapseServer, free_port
+from tests.integration.harness import (
+    PASSWORD,
+    SynapseServer,
+    free_port,
+    stop_gracefully,
+    wait_until_listening,
+)
 
 ACCEPTED = "127.0.0.2"
 DENIED = "127.0.0.3"  # in deny_cidrs (and in allow_cidrs: deny wins)
@@ -107,25 +112,14 @@ class Edge:
                 stdout=console,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"nginx exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail(f"nginx did not listen on 127.0.0.1:{self.https_port}:\n{self.log()}")
+        try:
+            wait_until_listening(self.process, self.https_port, self.log)
+        except RuntimeError as e:
+            pytest.fail(f"nginx: {e}")
+        return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # graceful: the master stops its workers
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()
-                self.process.wait(timeout=15)
+        stop_gracefully(self.process)  # SIGQUIT: the master stops its workers first
 
     def log(self) -> str:
         parts = [p.read_text() for p in (self.console, self.site.error_log) if p.exists()]

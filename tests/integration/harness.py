@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -549,3 +549,31 @@ def iter_log_lines(server: SynapseServer) -> Iterator[str]:
 
 def dump(value: Any) -> str:
     return json.dumps(value, indent=1, sort_keys=True, default=str)
+
+
+def wait_until_listening(
+    process: subprocess.Popen[Any], port: int, log: Callable[[], str], timeout: float = 20
+) -> None:
+    """Until 127.0.0.1:`port` accepts connections; fails the test if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout}s:\n{log()}")
+
+
+def stop_gracefully(process: subprocess.Popen[Any] | None, sig: int = signal.SIGQUIT) -> None:
+    """Ask a server to stop (nginx: SIGQUIT, workers finish first), then insist."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.wait(timeout=15)

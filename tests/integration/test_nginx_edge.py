@@ -16,11 +16,9 @@ import http.client
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +33,13 @@ from synapse_guard.network import compile_network_rules, decide_address
 from synapse_guard.synapse_config import GuardEntry, load_guard_entry
 from tests.geoip_factory import write_country_db
 from tests.integration.conftest import require
-from tests.integration.harness import HOMESERVER_D, free_port, guard_config_from_fragments
+from tests.integration.harness import (
+    HOMESERVER_D,
+    free_port,
+    guard_config_from_fragments,
+    stop_gracefully,
+    wait_until_listening,
+)
 
 GEOIP2_MODULE = Path("/usr/lib/nginx/modules/ngx_http_geoip2_module.so")
 SPOOFED = "127.0.0.5"  # sent in X-Forwarded-For / X-Real-IP: the edge must judge the peer only
@@ -259,25 +263,14 @@ http {{
 
     def start(self) -> NginxEdge:
         self.process = subprocess.Popen(self._command("-g", "daemon off;"))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"nginx exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail(f"nginx did not listen on 127.0.0.1:{self.port}:\n{self.log()}")
+        try:
+            wait_until_listening(self.process, self.port, self.log)
+        except RuntimeError as e:
+            pytest.fail(f"nginx: {e}")
+        return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # graceful: the master stops its workers
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()
-                self.process.wait(timeout=15)
+        stop_gracefully(self.process)  # SIGQUIT: the master stops its workers first
         if self.socket_path.parent != self.directory:
             shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
