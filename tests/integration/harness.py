@@ -94,7 +94,9 @@ class PostgresCluster:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout}{result.stderr}")
+            log = self.root / "pg.log"
+            tail = "\n".join(log.read_text().splitlines()[-20:]) if log.exists() else ""
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout}{result.stderr}{tail}")
         return result
 
     def start(self) -> None:
@@ -110,8 +112,19 @@ class PostgresCluster:
         )  # fmt: skip
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"),
-            "-w", "-t", "60", "start",
-            "-o", f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-w", "-t", "60", "start", "-o", self._options(),
+        )  # fmt: skip
+
+    def _options(self, *extra: str) -> str:
+        base = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+        return " ".join((base, *extra))
+
+    def restart_with(self, *options: str) -> None:
+        """Restart with extra server options (e.g. `-c ssl=on`)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"),
+            "-w", "-t", "60", "start", "-o", self._options(*options),
         )  # fmt: skip
 
     def stop(self) -> None:
