@@ -245,3 +245,34 @@ def test_every_admin_login_is_counted(netguard: SynapseServer) -> None:
     assert netguard.metric("synapse_guard_admin_logins_total") == before
     assert login_from(netguard, admin, "10.8.0.5")[0] == 200
     assert netguard.metric("synapse_guard_admin_logins_total") == before + 1
+
+
+# --- Client registration (registration.mode: open) is judged by the client address too ------
+
+
+@pytest.mark.parametrize(("address", "status"), [("10.8.0.9", 200), ("192.0.2.1", 429)])
+def test_client_registration_is_judged_by_the_client_address(
+    synapse_factory: SynapseFactory, address: str, status: int
+) -> None:
+    server = synapse_factory(
+        guard={"registration": {"mode": "open"}, "network": {"allow_cidrs": ["10.8.0.0/24"]}},
+        extra={"enable_registration": True, "enable_registration_without_verification": True},
+    ).start()
+    try:
+        client = server.client()
+        body: dict[str, Any] = {"username": "newcomer", "password": PASSWORD}
+        headers = {"X-Forwarded-For": address}
+        got, reply = client.request(
+            "POST", "/_matrix/client/v3/register", body, headers=headers, auth=False
+        )
+        assert got == 401, reply  # user-interactive auth: the dummy stage comes next
+        body["auth"] = {"type": "m.login.dummy", "session": reply["session"]}
+        got, reply = client.request(
+            "POST", "/_matrix/client/v3/register", body, headers=headers, auth=False
+        )
+        assert got == status, reply  # 429: Synapse's disguise for a module's refusal
+        reason = "ok" if status == 200 else "ip_not_allowed"
+        outcome = "allow" if status == 200 else "deny"
+        assert server.decisions("registration", outcome, reason) == 1
+    finally:
+        server.stop()
