@@ -35,9 +35,9 @@ import attrs
 import maxminddb
 from maxminddb import Reader
 
-from synapse_guard import metrics
 from synapse_guard.config import GuardConfigError, NetworkPolicy
 from synapse_guard.network import IPAddress
+from synapse_guard.record import metrics
 
 logger = logging.getLogger("synapse_guard")
 

@@ -12,25 +12,19 @@ from typing import Any
 
 from synapse.module_api import ModuleApi
 
-from synapse_guard import (
-    compat,
-    federation,
-    lockdown,
-    metrics,
-    registration,
-    rooms,
-    sessions,
-    totp,
-)
-from synapse_guard.audit import AuditTrail, Pseudonymizer, load_key
+from synapse_guard import compat, federation, registration, rooms, sessions
 from synapse_guard.compat import NOT_SPAM, Codes, RegistrationBehaviour
 from synapse_guard.config import GuardConfig, GuardConfigError, parse_guard_config
 from synapse_guard.events import EventFacts, decide_event
 from synapse_guard.geoip import load_geoip_database
+from synapse_guard.lockdown import control as lockdown
 from synapse_guard.network import compile_network_rules, decide_address
-from synapse_guard.reporting import Reporter
+from synapse_guard.record import metrics
+from synapse_guard.record.audit import AuditTrail, Pseudonymizer, load_key
+from synapse_guard.record.reporting import Reporter
 from synapse_guard.retention_check import check_retention
 from synapse_guard.synapse_config import SynapseConfigError, read_config
+from synapse_guard.totp import provider as totp
 from synapse_guard.verdict import Check, Reason, Verdict, deny
 
 logger = logging.getLogger("synapse_guard")

@@ -316,7 +316,7 @@ def test_alert_jobs_are_scraped() -> None:
 def test_known_guard_metrics_match_the_module() -> None:
     from prometheus_client import REGISTRY
 
-    from synapse_guard import metrics  # registers the guard's metrics
+    from synapse_guard.record import metrics  # registers the guard's metrics
     from synapse_guard.verdict import Check, Reason
 
     # Exported only once a GeoIP database is loaded / a check-in is known, so name them here.

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synapse_guard.cli import main as synapse_guard_cli
+from synapse_guard.cli.main import main as synapse_guard_cli
 from tests.integration.conftest import require
 from tests.integration.harness import HOMESERVER_D, REPO, guard_config_from_fragments
 

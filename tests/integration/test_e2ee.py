@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
+import nio  # matrix-nio[e2e], a test dependency: missing, the suite fails to collect
 
 from tests.integration.harness import PASSWORD, SynapseServer
-
-nio = pytest.importorskip("nio", reason="matrix-nio[e2e] is a test dependency (setup.cfg extras)")
 
 SECRET_TEXT = "meet at the usual place at 7"
 

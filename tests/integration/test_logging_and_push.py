@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from synapse_guard.audit import Pseudonymizer, load_key
-from synapse_guard.logfilter import IP, USER
+from synapse_guard.record.audit import Pseudonymizer, load_key
+from synapse_guard.record.logfilter import IP, USER
 from tests.integration.conftest import SynapseFactory
 from tests.integration.harness import PASSWORD, REPO, MatrixClient, SynapseServer
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from synapse_guard.cli import main as synapse_guard_cli
+from synapse_guard.cli.main import main as synapse_guard_cli
 from synapse_guard.geoip import load_geoip_database
 from synapse_guard.network import compile_network_rules, decide_address
 from synapse_guard.synapse_config import GuardEntry, load_guard_entry

@@ -19,7 +19,7 @@ import pyotp
 import pytest
 import requests
 
-from synapse_guard import cli
+from synapse_guard.cli import main as cli
 from tests.integration.conftest import SynapseFactory
 from tests.integration.harness import (
     PASSWORD,

@@ -12,10 +12,11 @@ import maxminddb
 import pytest
 from prometheus_client import REGISTRY
 
-from synapse_guard import geoip, metrics
+from synapse_guard import geoip
 from synapse_guard.config import GuardConfigError, NetworkPolicy, parse_guard_config
 from synapse_guard.geoip import GeoIPDatabase, GeoIPError, GeoIPUnavailable, load_geoip_database
 from synapse_guard.network import compile_network_rules, decide_address
+from synapse_guard.record import metrics
 from synapse_guard.verdict import ALLOW, Reason, deny
 from tests.geoip_factory import (
     CITY_TYPE,
@@ -25,6 +26,7 @@ from tests.geoip_factory import (
     write_country_db,
     write_mmdb,
 )
+from tests.unprivileged import run_python
 
 FR_NET, BE_NET, FR_NET6 = "192.0.2.0/24", "198.51.100.0/24", "2001:db8:f::/48"
 GAUGE = "synapse_guard_geoip_database_build_timestamp_seconds"
@@ -227,10 +229,31 @@ def test_a_directory_refuses_to_start(tmp_path: Path) -> None:
     refusal(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+_LOAD_AS_SYNAPSE = """
+import sys
+from synapse_guard.config import GuardConfigError, parse_guard_config
+from synapse_guard.geoip import load_geoip_database
+policy = parse_guard_config(
+    {"network": {"allow_countries": ["FR"], "geoip_database": sys.argv[1]}}
+).network
+try:
+    load_geoip_database(policy)
+except GuardConfigError as e:
+    print(e)
+    sys.exit(3)
+print("loaded")
+"""
+
+
 def test_an_unreadable_file_refuses_to_start(country_db: Path) -> None:
+    # Run as a process that cannot read a mode-000 file (tests/unprivileged.py), as Synapse's
+    # own user would be: the loader must refuse, not fail later on the first lookup.
+    assert run_python(_LOAD_AS_SYNAPSE, str(country_db)).stdout.strip() == "loaded"
     country_db.chmod(0)
-    refusal(country_db)
+    result = run_python(_LOAD_AS_SYNAPSE, str(country_db))
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.startswith("network.geoip_database: ")
+    assert "Country or City" in result.stdout
 
 
 def test_an_asn_database_refuses_to_start(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from synapse_guard import __version__
-from synapse_guard.cli import main
+from synapse_guard.cli.main import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write_config(root: Path, network: Any) -> list[str]:

@@ -13,9 +13,9 @@ from unittest.mock import Mock
 import bcrypt
 import pytest
 
-from synapse_guard import totp
 from synapse_guard.compat import ConfigError
-from synapse_guard.totp_core import code_at, secret_from_uri, time_step
+from synapse_guard.totp import provider as totp
+from synapse_guard.totp.core import code_at, secret_from_uri, time_step
 from synapse_guard.verdict import Check, Reason
 from tests.unit.conftest import LoadedGuard, create_module, decisions, make_api
 

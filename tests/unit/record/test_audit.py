@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from synapse_guard.audit import AuditTrail, Pseudonymizer, load_key
-from synapse_guard.cli import main
+from synapse_guard.cli.main import main
 from synapse_guard.config import GuardConfigError, parse_guard_config
+from synapse_guard.record.audit import AuditTrail, Pseudonymizer, load_key
 from synapse_guard.verdict import Check, Reason, deny
 
 KEY = b"k" * 32
@@ -116,3 +116,12 @@ def test_a_key_is_used_whitespace_and_all(tmp_path: Path) -> None:
     path = tmp_path / "audit.key"
     path.write_bytes(b"\n" + b"k" * 31)  # random bytes can begin or end with whitespace
     assert load_key(str(path)) == b"\n" + b"k" * 31
+
+
+def test_the_audit_logger_keeps_its_public_name() -> None:
+    # Operators' log configs route this logger to its own file (deploy/synapse/log.yaml).
+    from synapse_guard.record.audit import audit_logger
+
+    log_config = (Path(__file__).resolve().parents[3] / "deploy/synapse/log.yaml").read_text()
+    assert audit_logger.name == "synapse_guard.audit"
+    assert f"  {audit_logger.name}:" in log_config

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synapse_guard.cli import main
+from synapse_guard.cli.main import main
+from tests.unprivileged import run_python
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -133,16 +134,18 @@ def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert err == f"synapse-guard: error: {missing}: no such file or directory\n"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_a_file_that_cannot_be_read_exits_2(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_file_that_cannot_be_read_exits_2(conf: Path) -> None:
+    # The command runs without root's privilege to read any file (tests/unprivileged.py).
+    command = "import sys; from synapse_guard.cli.main import main; sys.exit(main(sys.argv[1:]))"
     secret = conf / "homeserver.d" / "60-retention.yaml"
+    assert run_python(command, "check-config", *args(conf)).returncode == 0
     secret.chmod(0)
     try:
-        status, out, err = run(capsys, "check-config", *args(conf))
+        result = run_python(command, "check-config", *args(conf))
     finally:
         secret.chmod(0o644)
-    assert (status, out) == (2, "")
-    assert err.startswith(f"synapse-guard: error: {secret}: cannot be read: ")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"synapse-guard: error: {secret}: cannot be read: ")
 
 
 def test_no_guard_entry_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

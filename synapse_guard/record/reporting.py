@@ -11,8 +11,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-from synapse_guard import metrics
-from synapse_guard.audit import AuditTrail
+from synapse_guard.record import metrics
+from synapse_guard.record.audit import AuditTrail
 from synapse_guard.verdict import Check, Reason, Verdict, deny
 
 logger = logging.getLogger("synapse_guard")

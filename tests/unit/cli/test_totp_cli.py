@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from synapse_guard import cli, totp_cli
+from synapse_guard.cli import main as cli
+from synapse_guard.cli import totp as totp_cli
 
 
 def free_port() -> int:

@@ -26,10 +26,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from synapse_guard import __version__, totp_cli
-from synapse_guard.audit import Pseudonymizer, load_key
-from synapse_guard.config import GuardConfigError
-from synapse_guard.lockdown_client import (
+from synapse_guard import __version__
+from synapse_guard.cli import totp as totp_cli
+from synapse_guard.cli.lockdown import (
     CHECKIN_PATH,
     LOCKDOWN_PATH,
     ClientError,
@@ -38,7 +37,9 @@ from synapse_guard.lockdown_client import (
     describe,
     read_token,
 )
-from synapse_guard.nginx import NginxRenderError, render_nginx
+from synapse_guard.cli.nginx import NginxRenderError, render_nginx
+from synapse_guard.config import GuardConfigError
+from synapse_guard.record.audit import Pseudonymizer, load_key
 from synapse_guard.retention_check import check_retention, format_duration
 from synapse_guard.synapse_config import (
     GuardEntry,

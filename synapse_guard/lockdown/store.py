@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from synapse.storage.engines import PostgresEngine
 
-from synapse_guard.lockdown_state import LockdownState, deadman_due, decode_state, encode_state
+from synapse_guard.lockdown.state import LockdownState, deadman_due, decode_state, encode_state
 
 TABLE = "synapse_guard_state"
 LOCKDOWN_ROW = "lockdown"

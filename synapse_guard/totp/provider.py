@@ -21,11 +21,11 @@ from typing import Any
 from synapse.logging.context import current_context
 from synapse.module_api import DirectServeJsonResource, ModuleApi
 
-from synapse_guard import totp_store
 from synapse_guard.compat import Codes, ConfigError, SynapseError
 from synapse_guard.config import AuthConfig, GuardConfig, GuardConfigError
-from synapse_guard.reporting import Reporter
-from synapse_guard.totp_core import (
+from synapse_guard.record.reporting import Reporter
+from synapse_guard.totp import store as totp_store
+from synapse_guard.totp.core import (
     CodeCheck,
     SecretCipher,
     check_code,

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from synapse_guard.cli.nginx import NginxRenderError, edge_network, render_nginx
 from synapse_guard.config import NetworkPolicy
 from synapse_guard.network import IPAddress, compile_network_rules, decide_address
-from synapse_guard.nginx import NginxRenderError, edge_network, render_nginx
 
 DB = "/var/lib/GeoIP/GeoLite2-Country.mmdb"
 USE = "if ($synapse_guard_refused) { return 403; }"

@@ -20,10 +20,11 @@ from typing import Any
 
 from synapse.module_api import DirectServeJsonResource, ModuleApi
 
-from synapse_guard import compat, lockdown_store, metrics
+from synapse_guard import compat
 from synapse_guard.compat import Codes, SynapseError
 from synapse_guard.config import GuardConfig, LockdownConfig
-from synapse_guard.lockdown_state import (
+from synapse_guard.lockdown import store as lockdown_store
+from synapse_guard.lockdown.state import (
     LockdownState,
     RequestError,
     StateCache,
@@ -34,7 +35,8 @@ from synapse_guard.lockdown_state import (
     status_json,
     user_expired,
 )
-from synapse_guard.reporting import Reporter
+from synapse_guard.record import metrics
+from synapse_guard.record.reporting import Reporter
 from synapse_guard.verdict import Check, Reason, allow, deny
 
 logger = logging.getLogger("synapse_guard")

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from synapse_guard.totp_core import Failures
+from synapse_guard.totp.core import Failures
 
 TABLE = "synapse_guard_totp"
 

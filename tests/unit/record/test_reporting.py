@@ -9,10 +9,9 @@ import logging
 
 import pytest
 
-from synapse_guard.reporting import Reporter
+from synapse_guard.record.reporting import Reporter
 from synapse_guard.verdict import Check, Reason, Verdict, allow, deny
-
-from .conftest import decisions
+from tests.unit.conftest import decisions
 
 
 class Boom(Exception):

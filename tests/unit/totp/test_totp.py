@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from synapse_guard import totp, totp_store
 from synapse_guard.config import AuthConfig, GuardConfig, GuardConfigError
-from synapse_guard.totp import load_files, login_type_allowed
-from synapse_guard.totp_core import (
+from synapse_guard.totp import provider as totp
+from synapse_guard.totp import store as totp_store
+from synapse_guard.totp.core import (
     Failures,
     SecretCipher,
     SecretError,
@@ -34,6 +34,7 @@ from synapse_guard.totp_core import (
     split_code,
     time_step,
 )
+from synapse_guard.totp.provider import load_files, login_type_allowed
 from synapse_guard.verdict import Reason
 
 KEY = bytes(range(32))

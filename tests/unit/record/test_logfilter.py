@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from synapse_guard.logfilter import ALIAS, EMAIL, IP, USER, RedactIdentifiers, redact
+from synapse_guard.record.logfilter import ALIAS, EMAIL, IP, USER, RedactIdentifiers, redact
 
 # Real Synapse lines (the arguments filled in), and what is left of them.
 LINES = [

@@ -13,11 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from synapse_guard import cli, lockdown_store
+from synapse_guard.cli import main as cli
+from synapse_guard.cli.lockdown import TokenFileError, describe, read_token
 from synapse_guard.compat import SynapseError
-from synapse_guard.lockdown import CHECKIN_PATH, LOCKDOWN_PATH, Lockdown
-from synapse_guard.lockdown_client import TokenFileError, describe, read_token
-from synapse_guard.lockdown_state import (
+from synapse_guard.lockdown import store as lockdown_store
+from synapse_guard.lockdown.control import CHECKIN_PATH, LOCKDOWN_PATH, Lockdown
+from synapse_guard.lockdown.state import (
     UNREADABLE,
     LockdownState,
     RequestError,
