@@ -46,6 +46,7 @@ _INVALID_ADDRESS = deny(Reason.INVALID_ADDRESS)
 _IP_DENIED = deny(Reason.IP_DENIED)
 _IP_NOT_ALLOWED = deny(Reason.IP_NOT_ALLOWED)
 _COUNTRY_UNKNOWN = deny(Reason.COUNTRY_UNKNOWN)
+_GEOIP_UNAVAILABLE = deny(Reason.GEOIP_UNAVAILABLE)
 _COUNTRY_NOT_ALLOWED = deny(Reason.COUNTRY_NOT_ALLOWED)
 
 
@@ -169,8 +170,8 @@ def decide_address(
     ip = ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
     try:
         country = country_of(ip)
-    except Exception:  # the lookup failed: the country is unknown, which refuses
-        return _COUNTRY_UNKNOWN
+    except Exception:  # the lookup failed: refused, and told apart from an unknown country
+        return _GEOIP_UNAVAILABLE
     if not isinstance(country, str):
         return _COUNTRY_UNKNOWN
     return ALLOW if country in rules.allow_countries else _COUNTRY_NOT_ALLOWED

@@ -19,7 +19,7 @@ class Check(str, enum.Enum):
     EVENT = "event"
     PUBLISH = "publish"
     THREEPID = "threepid"
-    REQUEST = "request"  # an authenticated request (refused only by a lockdown)
+    REQUEST = "request"  # an authenticated request (the per-request gate, the lockdown)
 
 
 class Reason(str, enum.Enum):
@@ -41,6 +41,7 @@ class Reason(str, enum.Enum):
     IP_NOT_ALLOWED = "ip_not_allowed"
     COUNTRY_NOT_ALLOWED = "country_not_allowed"
     COUNTRY_UNKNOWN = "country_unknown"
+    GEOIP_UNAVAILABLE = "geoip_unavailable"  # the database could not be read: an outage
     INVALID_ADDRESS = "invalid_address"
     INTERNAL_ERROR = "internal_error"
     LOCKDOWN = "lockdown"

@@ -345,12 +345,12 @@ def test_a_corrupt_replacement_makes_lookups_fail_until_fixed(
     with caplog.at_level(logging.WARNING, logger="synapse_guard"):
         with pytest.raises(GeoIPUnavailable):
             db.country(ip("192.0.2.1"))
-        assert decide_address("192.0.2.1", rules, db.country) == deny(Reason.COUNTRY_UNKNOWN)
+        assert decide_address("192.0.2.1", rules, db.country) == deny(Reason.GEOIP_UNAVAILABLE)
         assert not db.available
         assert db.build_epoch is None
         assert gauge() == 0
         clock.advance(5)  # retried, still broken: no second warning for the same problem
-        assert decide_address("192.0.2.1", rules, db.country) == deny(Reason.COUNTRY_UNKNOWN)
+        assert decide_address("192.0.2.1", rules, db.country) == deny(Reason.GEOIP_UNAVAILABLE)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert str(country_db) in warnings[0].getMessage()
@@ -415,7 +415,7 @@ def test_a_failing_lookup_is_reported_once_and_refuses(
     rules = compile_network_rules(policy_for(country_db))
     with caplog.at_level(logging.WARNING, logger="synapse_guard"):
         for _ in range(3):
-            assert decide_address("192.0.2.1", rules, db.country) == deny(Reason.COUNTRY_UNKNOWN)
+            assert decide_address("192.0.2.1", rules, db.country) == deny(Reason.GEOIP_UNAVAILABLE)
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 

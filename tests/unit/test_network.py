@@ -244,7 +244,7 @@ def test_an_unknown_country_is_refused() -> None:
 
 def test_a_failing_lookup_refuses_and_never_raises() -> None:
     compiled = rules(countries=["FR"])
-    assert decide_address("192.0.2.1", compiled, lookup_fails) == deny(Reason.COUNTRY_UNKNOWN)
+    assert decide_address("192.0.2.1", compiled, lookup_fails) == deny(Reason.GEOIP_UNAVAILABLE)
 
 
 def test_no_database_refuses_addresses_that_need_a_country() -> None:
@@ -341,7 +341,7 @@ def reference_decide(
     try:
         country = country_of(ip)
     except Exception:
-        return deny(Reason.COUNTRY_UNKNOWN)
+        return deny(Reason.GEOIP_UNAVAILABLE)
     if country is None:
         return deny(Reason.COUNTRY_UNKNOWN)
     return ALLOW if country in policy.allow_countries else deny(Reason.COUNTRY_NOT_ALLOWED)
