@@ -7,7 +7,9 @@ Run from the repository root:
 For 10, 10,000 and 100,000 random CIDRs (mixed IPv4/IPv6, half allow, half deny, fixed seed)
 it times `decide_address` on compiled rules and a naive reference (a linear scan over the
 `ipaddress` networks) in the same run, then both again with `allow_countries` and a GeoIP
-database of a few thousand networks generated on the spot.
+database of a few thousand networks generated on the spot. It also times what the
+per-request gate pays: the decision memoised per address (`gate.AddressJudge`, a repeated
+address), and that plus reading a /sync URL for other servers' names.
 
 Each sampled address is decided `repeat` times in a row under one `perf_counter_ns` pair and
 the cost per decision is that batch's time divided by `repeat`, the fastest of three passes
@@ -31,13 +33,17 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from synapse_guard.config import IPNetwork, NetworkPolicy
+from synapse_guard.config import IPNetwork, NetworkPolicy, parse_guard_config
+from synapse_guard.federation import decide_request_target
+from synapse_guard.gate import AddressJudge
 from synapse_guard.geoip import GeoIPDatabase
 from synapse_guard.network import IPAddress, compile_network_rules, decide_address
 from synapse_guard.verdict import ALLOW, Reason, Verdict, deny
 from tests.geoip_factory import random_country_db
 
 SEED = 20240501
+FEDERATION_OFF = parse_guard_config({}).federation
+SYNC_PATH, SYNC_QUERY = "/_matrix/client/v3/sync", "since=s72594_4483_1934&timeout=30000"
 SIZES = (10, 10_000, 100_000)
 GEOIP_NETWORKS = 4_000
 MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -148,7 +154,7 @@ def p99(values: Sequence[float]) -> float:
 def row(cidrs: int, variant: str, costs: list[float], repeat: int, compile_ms: float | None) -> str:
     compiled = f"{compile_ms:10.0f}" if compile_ms is not None else f"{'':>10}"
     return (
-        f"{cidrs:>8,} | {variant:<16} | {len(costs):>7} x{repeat:<3} | "
+        f"{cidrs:>8,} | {variant:<19} | {len(costs):>7} x{repeat:<3} | "
         f"{statistics.median(costs):>11.2f} | {p99(costs):>9.2f} | {compiled}"
     )
 
@@ -171,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"type {db.database_type}; times in microseconds per decision"
         )
         header = (
-            f"{'CIDRs':>8} | {'variant':<16} | {'samples':>12} | {'median (us)':>11} | "
+            f"{'CIDRs':>8} | {'variant':<19} | {'samples':>12} | {'median (us)':>11} | "
             f"{'p99 (us)':>9} | {'compile ms':>10}"
         )
         print(header)
@@ -198,6 +204,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 compiled = functools.partial(decide_address, rules=rules, country_of=country_of)
                 costs, verdicts = measure(compiled, addresses, 20)
                 print(row(size, "compiled" + suffix, costs, 20, compile_ms))
+                # The per-request gate: the same decision memoised per address (the 20 repeats
+                # of an address hit the cache), then the URL's server names (a /sync URL).
+                judge = AddressJudge(rules, db if with_geoip else None)
+                gate_costs, gate_verdicts = measure(judge.decide, addresses, 20)
+                assert gate_verdicts == verdicts
+                print(row(size, "gate cached" + suffix, gate_costs, 20, None))
+
+                def request(address: str, judge: AddressJudge = judge) -> Verdict:
+                    verdict = judge.decide(address)
+                    return (
+                        verdict
+                        if not verdict.allowed
+                        else decide_request_target(
+                            FEDERATION_OFF, SYNC_PATH, SYNC_QUERY, "example.org"
+                        )
+                    )
+
+                request_costs, _ = measure(request, addresses, 20)
+                print(row(size, "gate + URL" + suffix, request_costs, 20, None))
                 naive_costs, naive_verdicts = measure(
                     functools.partial(naive_decide, policy=policy, country_of=country_of),
                     addresses[:naive_samples],

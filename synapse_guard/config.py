@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import attrs
 
 from synapse_guard.countries import ISO_3166_ALPHA2
+from synapse_guard.push.gateways import NOTIFY_PATH, GatewayUrl, parse_gateway_url
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -125,6 +126,16 @@ class LockdownConfig:
 
 
 @attrs.frozen(slots=True)
+class PushPolicy:
+    """Where Synapse may send push notifications (docs/push.md)."""
+
+    # Exact gateway URLs; empty: no HTTP pusher at all (nothing leaves the server).
+    allowed_gateways: tuple[GatewayUrl, ...] = ()
+    require_event_id_only: bool = False  # true: only pushers with format: event_id_only
+    sweep_interval_ms: int = 10 * _DURATION_UNITS_MS["s"]  # stored pushers re-checked
+
+
+@attrs.frozen(slots=True)
 class GuardConfig:
     registration: RegistrationPolicy = RegistrationPolicy()
     federation: FederationPolicy = FederationPolicy()
@@ -135,6 +146,7 @@ class GuardConfig:
     audit: AuditConfig = AuditConfig()
     auth: AuthConfig = AuthConfig()
     lockdown: LockdownConfig = LockdownConfig()
+    push: PushPolicy = PushPolicy()
 
 
 T = TypeVar("T")
@@ -414,6 +426,33 @@ def _parse_lockdown(raw: object, path: str) -> LockdownConfig:
     )
 
 
+def _gateway(value: object, path: str) -> GatewayUrl:
+    example = f"'https://matrix.org{NOTIFY_PATH}'"
+    if not isinstance(value, str):
+        raise GuardConfigError(path, f"must be a URL string such as {example}, got {value!r}")
+    try:
+        url = parse_gateway_url(value)
+    except ValueError as e:
+        raise GuardConfigError(path, f"{value!r} {e}") from None
+    if url.path != NOTIFY_PATH:
+        raise GuardConfigError(
+            path,
+            f"{value!r} has path {url.path!r}: Synapse pushes only to {NOTIFY_PATH}, "
+            f"e.g. {example}",
+        )
+    return url
+
+
+def _parse_push(raw: object, path: str) -> PushPolicy:
+    section = _Section(raw, path, ("allowed_gateways", "require_event_id_only", "sweep_interval"))
+    defaults = PushPolicy()
+    return PushPolicy(
+        allowed_gateways=section.get("allowed_gateways", (), _list_of(_gateway)),
+        require_event_id_only=section.get("require_event_id_only", False, _bool),
+        sweep_interval_ms=section.get("sweep_interval", defaults.sweep_interval_ms, parse_duration),
+    )
+
+
 _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "registration": _parse_registration,
     "federation": _parse_federation,
@@ -424,6 +463,7 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "audit": _parse_audit,
     "auth": _parse_auth,
     "lockdown": _parse_lockdown,
+    "push": _parse_push,
 }
 
 

@@ -145,6 +145,7 @@ class GeoIPDatabase:
         self._last_error: str | None = None
         self._lookup_error_logged = False
         self._closed = False
+        self._generation = 0  # bumped whenever what lookups answer may change
         self._loaded: _Loaded | None = _load(path)
         self._next_check = clock() + check_interval_s
         self._set_gauge(self._loaded.build_epoch)
@@ -167,6 +168,15 @@ class GeoIPDatabase:
         """When the loaded database was built (Unix seconds); None while none is usable."""
         loaded = self._loaded
         return loaded.build_epoch if loaded is not None else None
+
+    def poll(self) -> int:
+        """Check for a replaced file when due, as a lookup does; returns the generation.
+
+        The generation changes whenever the loaded database does (reloaded, or unusable), so
+        a cache of verdicts keyed on it is never staler than the check interval."""
+        if self._clock() >= self._next_check:
+            self.reload_if_changed()
+        return self._generation
 
     def country(self, ip: IPAddress) -> str | None:
         """The ISO 3166-1 alpha-2 code where the database locates `ip`, None if it has none.
@@ -222,6 +232,7 @@ class GeoIPDatabase:
             self._fail(str(e))
             return
         self._loaded = loaded
+        self._generation += 1
         self._last_error = None
         self._lookup_error_logged = False
         self._set_gauge(loaded.build_epoch)
@@ -233,6 +244,8 @@ class GeoIPDatabase:
         )
 
     def _fail(self, message: str) -> None:
+        if self._loaded is not None:
+            self._generation += 1
         self._loaded = None
         self._set_gauge(0)
         if message != self._last_error:
@@ -252,6 +265,7 @@ class GeoIPDatabase:
         """Release the file; later lookups raise GeoIPUnavailable."""
         with self._lock:
             self._closed = True
+            self._generation += 1
             loaded, self._loaded = self._loaded, None
         if loaded is not None:
             loaded.reader.close()

@@ -12,17 +12,20 @@ from typing import Any
 
 from synapse.module_api import ModuleApi
 
-from synapse_guard import compat, federation, registration, rooms, sessions
+from synapse_guard import compat, federation, registration, rooms
 from synapse_guard.compat import NOT_SPAM, Codes, RegistrationBehaviour
 from synapse_guard.config import GuardConfig, GuardConfigError, parse_guard_config
-from synapse_guard.events import EventFacts, decide_event
+from synapse_guard.events import EventFacts, decide_cleartext, decide_event
+from synapse_guard.gate import AddressJudge, RequestGate
 from synapse_guard.geoip import load_geoip_database
 from synapse_guard.lockdown import control as lockdown
 from synapse_guard.network import compile_network_rules, decide_address
+from synapse_guard.push import control as push
 from synapse_guard.record import metrics
 from synapse_guard.record.audit import AuditTrail, Pseudonymizer, load_key
 from synapse_guard.record.reporting import Reporter
 from synapse_guard.retention_check import check_retention
+from synapse_guard.sweep import SessionSweeper
 from synapse_guard.synapse_config import SynapseConfigError, read_config
 from synapse_guard.totp import provider as totp
 from synapse_guard.verdict import Check, Reason, Verdict, deny
@@ -48,6 +51,16 @@ def _refuse_room_creation() -> None:
     raise compat.SynapseError(403, "Room creation forbidden", Codes.FORBIDDEN)
 
 
+def _facts_of(event: Any) -> EventFacts:
+    return EventFacts(
+        type=event.type,
+        sender=event.sender,
+        state_key=event.get_state_key() if event.is_state() else None,
+        content=event.content,
+        redacts=getattr(event, "redacts", None),
+    )
+
+
 class Guard:
     def __init__(self, config: GuardConfig, api: ModuleApi) -> None:
         self._config = config
@@ -61,14 +74,17 @@ class Guard:
         )
         self._rules = compile_network_rules(config.network)
         self._geoip = load_geoip_database(config.network, metrics_enabled=config.metrics.enabled)
-        self._sweep_since = 0
+        addresses = AddressJudge(self._rules, self._geoip)
+        self._sweeper = SessionSweeper(api, config, self._report, self._geoip, self._decide_address)
         guarded = self._report.guarded
 
         compat.register_callbacks(
             api.register_spam_checker_callbacks,
             "spam checker",
             {
-                "check_login_for_spam": guarded(Check.LOGIN, _forbidden)(self.check_login_for_spam),
+                "check_login_for_spam": guarded(Check.LOGIN, compat.login_refusal)(
+                    self.check_login_for_spam
+                ),
                 "check_registration_for_spam": guarded(
                     Check.REGISTRATION, lambda: RegistrationBehaviour.DENY
                 )(self.check_registration_for_spam),
@@ -112,14 +128,28 @@ class Guard:
             {"is_3pid_allowed": guarded(Check.THREEPID, lambda: False)(self.is_3pid_allowed)},
         )
         totp.install(api, config, self._report)
-        self._lockdown = lockdown.install(api, config, self._report)
+        push.install(api, config, self._report)
+        self._lockdown = lockdown.install(api, config, self._report, self._check_endpoint_caller)
+        # Every authenticated request: address, target server, lockdown (gate.py).
+        self._gate = RequestGate(config, self._server_name, self._report, addresses, self._lockdown)
+        compat.register_callbacks(
+            api.register_account_validity_callbacks,
+            "account validity",
+            {"is_user_expired": self._gate.is_user_expired},
+        )
         network = config.network
-        if network.revoke_sessions and (network.has_allow_rules or network.deny_cidrs):
+        # Only where background tasks run: elsewhere Synapse would skip it with a warning.
+        if (
+            network.revoke_sessions
+            and (network.has_allow_rules or network.deny_cidrs)
+            and api.should_run_background_tasks()
+        ):
             api.looping_background_call(
                 guarded(Check.SESSION, lambda: None)(self.sweep_sessions),
                 network.sweep_interval_ms,
                 desc="synapse_guard_session_sweep",
             )
+            logger.info("session sweep runs on this process every %dms", network.sweep_interval_ms)
         logger.info(
             "synapse-guard loaded: registration=%s federation=%s encryption=%s join_rule<=%s "
             "history_visibility<=%s max_lifetime=%dms",
@@ -130,6 +160,9 @@ class Guard:
             config.rooms.history_visibility,
             config.retention.max_lifetime_ms,
         )
+
+    def _check_endpoint_caller(self, requester: Any) -> None:
+        self._gate.refuse_endpoint_caller(requester)  # the gate is built after the lockdown
 
     @staticmethod
     def _check_synapse_retention(config: GuardConfig, api: ModuleApi) -> None:
@@ -208,10 +241,12 @@ class Guard:
             # (SSO, m.login.token, JWT, appservice).
             verdict = deny(Reason.TOTP_REQUIRED)
         self._report(Check.LOGIN, verdict, user=user_id, address=address)
-        if not verdict.allowed:
-            return Codes.FORBIDDEN
-        if await self._lockdown.refuse_login(user_id):  # counts, logs and audits itself
-            return Codes.FORBIDDEN
+        # The lockdown's refusal counts, logs and audits itself.
+        if not verdict.allowed or await self._lockdown.refuse_login(user_id):
+            # This runs only once the password was accepted: answered and counted as a wrong
+            # password, so neither the body nor the start of 429s tells that it was right.
+            await compat.count_failed_login(self._api, user_id)
+            return compat.login_refusal()
         if await self._api.is_user_admin(user_id):
             # Every admin login is visible: counted (the deployment alerts on it) and audited.
             if self._config.metrics.enabled:
@@ -222,27 +257,8 @@ class Guard:
         return NOT_SPAM
 
     async def sweep_sessions(self) -> None:
-        """Log out every session seen, since the last sweep, from a refused address."""
-        if self._geoip is not None:
-            self._geoip.reload_if_changed()  # keeps the build-time gauge fresh
-        rows = await self._api.run_db_interaction(
-            "synapse_guard_sessions_seen", sessions.select_seen_since, self._sweep_since
-        )
-        result = sessions.judge_sessions(rows, self._sweep_since, self._decide_address)
-        for session, verdict in result.refused:
-            self._report(
-                Check.SESSION,
-                verdict,
-                user=session.user_id,
-                address=session.ip,
-                event="session_revoked",
-            )
-            await compat.log_out_session(
-                self._api, session.user_id, session.device_id, session.access_token
-            )
-            if self._config.metrics.enabled:
-                metrics.SESSIONS_REVOKED.inc()
-        self._sweep_since = result.next_since
+        """Log out the sessions recorded from a refused address (sweep.py)."""
+        await self._sweeper.run()
 
     # Registration --------------------------------------------------------------------------
 
@@ -311,6 +327,12 @@ class Guard:
         # Since Synapse 1.130 inbound invites reach this callback first: count them as invites.
         is_invite = event.type == "m.room.member" and event.content.get("membership") == "invite"
         verdict = federation.decide_remote_traffic(self._config.federation)
+        if verdict.allowed and not event.is_state() and self._config.rooms.encryption_required:
+            # Synapse runs `check_event_allowed` on federated knocks only: with federation on,
+            # a remote member's cleartext into an encrypted room is judged here instead.
+            state = await self._api.get_room_state(event.room_id, [(rooms.ENCRYPTION, "")])
+            if (rooms.ENCRYPTION, "") in state:
+                verdict = decide_cleartext(_facts_of(event))
         return not self._report(Check.INVITE if is_invite else Check.EVENT, verdict).allowed
 
     async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> SpamResult:
@@ -339,13 +361,7 @@ class Guard:
             for key, ev in state_events.items()
             if key[0] in rooms.PROTECTED_STATE
         }
-        facts = EventFacts(
-            type=event.type,
-            sender=event.sender,
-            state_key=event.get_state_key() if event.is_state() else None,
-            content=event.content,
-            redacts=getattr(event, "redacts", None),
-        )
+        facts = _facts_of(event)
         check, verdict = decide_event(self._config, self._server_name, facts, state)
         if not self._report(check, verdict, user=facts.sender).allowed:
             return False, None

@@ -175,3 +175,32 @@ def decide_address(
     if not isinstance(country, str):
         return _COUNTRY_UNKNOWN
     return ALLOW if country in rules.allow_countries else _COUNTRY_NOT_ALLOWED
+
+
+class VerdictCache:
+    """`decide_address` memoised per address, for one generation of the GeoIP database.
+
+    A repeated address costs a dictionary lookup on the per-request path. The policy itself
+    cannot change without a restart; the database can (geoipupdate), so a new generation
+    empties the cache. A lookup failure is never kept: it lasts only as long as the outage.
+    Bounded: past `max_entries` the oldest entry goes first.
+    """
+
+    def __init__(self, max_entries: int = 16384) -> None:
+        self._max_entries = max_entries
+        self._generation: int | None = None
+        self._verdicts: dict[str, Verdict] = {}
+
+    def get(self, address: str, generation: int) -> Verdict | None:
+        if generation != self._generation:
+            self._verdicts.clear()
+            self._generation = generation
+            return None
+        return self._verdicts.get(address)
+
+    def put(self, address: str, generation: int, verdict: Verdict) -> None:
+        if generation != self._generation or verdict.reason is Reason.GEOIP_UNAVAILABLE:
+            return
+        if len(self._verdicts) >= self._max_entries:
+            del self._verdicts[next(iter(self._verdicts))]
+        self._verdicts[address] = verdict

@@ -20,6 +20,7 @@ class Check(str, enum.Enum):
     PUBLISH = "publish"
     THREEPID = "threepid"
     REQUEST = "request"  # an authenticated request (the per-request gate, the lockdown)
+    PUSH = "push"  # a pusher refused before Synapse stores it, or removed from its table
 
 
 class Reason(str, enum.Enum):
@@ -31,6 +32,7 @@ class Reason(str, enum.Enum):
     THREEPID = "threepid"
     FEDERATION = "federation"
     ENCRYPTION = "encryption"
+    UNENCRYPTED = "unencrypted"  # a timeline event in clear in an encrypted room
     JOIN_RULE = "join_rule"
     HISTORY_VISIBILITY = "history_visibility"
     GUEST_ACCESS = "guest_access"
@@ -45,12 +47,15 @@ class Reason(str, enum.Enum):
     INVALID_ADDRESS = "invalid_address"
     INTERNAL_ERROR = "internal_error"
     LOCKDOWN = "lockdown"
+    PUPPET = "puppet_token"  # a token an admin minted to act as the user ("login as")
     PASSWORD_INVALID = "password_invalid"  # noqa: S105 (a label, not a password)
     TOTP_INVALID = "totp_invalid"
     TOTP_REPLAYED = "totp_replayed"
     TOTP_RATE_LIMITED = "totp_rate_limited"
     TOTP_NOT_ENROLLED = "totp_not_enrolled"
     TOTP_REQUIRED = "totp_required"
+    PUSH_GATEWAY = "push_gateway"  # a pusher whose URL is not an allowed gateway
+    PUSH_FORMAT = "push_format"  # require_event_id_only, and the pusher asked for more
 
 
 @attrs.frozen(slots=True)

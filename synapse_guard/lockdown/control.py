@@ -1,8 +1,10 @@
 """Server-wide lockdown and the dead man's switch (docs/lockdown.md).
 
 While locked, every authenticated request of a user outside `lockdown.exempt_users` gets 403
-ORG_MATRIX_EXPIRED_ACCOUNT (an `is_user_expired` callback) and their logins are refused
-(`Lockdown.refuse_login`, asked by `Guard.check_login_for_spam`). The state lives in the
+M_FORBIDDEN (`Lockdown.refuses`, asked by the per-request gate, synapse_guard/gate.py) and
+their logins are refused (`Lockdown.refuse_login`, asked by `Guard.check_login_for_spam`).
+Exemption belongs to whoever holds the token: a "login as user" token that a non-exempt admin
+minted for an exempt user is revoked and refused. The state lives in the
 guard's own table (lockdown_store), so it holds across restarts and on every worker; each
 process trusts its last read for 2 seconds.
 
@@ -16,6 +18,7 @@ While locked, only exempt admins may use the lockdown endpoint.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from synapse.module_api import DirectServeJsonResource, ModuleApi
@@ -37,6 +40,7 @@ from synapse_guard.lockdown.state import (
 )
 from synapse_guard.record import metrics
 from synapse_guard.record.reporting import Reporter
+from synapse_guard.request_body import read_limited
 from synapse_guard.verdict import Check, Reason, allow, deny
 
 logger = logging.getLogger("synapse_guard")
@@ -45,24 +49,39 @@ LOCKDOWN_PATH = "/_synapse/client/synapse_guard/lockdown"
 CHECKIN_PATH = "/_synapse/client/synapse_guard/checkin"
 
 _LOCKDOWN = deny(Reason.LOCKDOWN)
+_PUPPET = deny(Reason.PUPPET)
 
 
-def _locked_out() -> bool | None:
-    return True  # an error while deciding locks the user out (exempt users never get here)
+EndpointCheck = Callable[[Any], None]  # raises the refusal of an endpoint's caller
 
 
-def install(api: ModuleApi, config: GuardConfig, report: Reporter) -> Lockdown:
-    """Register this control's callbacks and resources (called from Guard.__init__)."""
-    control = Lockdown(api, config.lockdown, report, metrics_enabled=config.metrics.enabled)
+def install(
+    api: ModuleApi, config: GuardConfig, report: Reporter, endpoint_check: EndpointCheck
+) -> Lockdown:
+    """Register this control's resources and timer (called from Guard.__init__).
+
+    `endpoint_check(requester)` is the per-request gate's judgement of the caller (address,
+    "login as" tokens): these endpoints authenticate with `allow_expired`, so the gate does
+    not run for them by itself."""
+    control = Lockdown(
+        api, config.lockdown, report, metrics_enabled=config.metrics.enabled, check=endpoint_check
+    )
     control.register()
     return control
 
 
 class Lockdown:
     def __init__(
-        self, api: ModuleApi, config: LockdownConfig, report: Reporter, *, metrics_enabled: bool
+        self,
+        api: ModuleApi,
+        config: LockdownConfig,
+        report: Reporter,
+        *,
+        metrics_enabled: bool,
+        check: EndpointCheck,
     ) -> None:
         self._api = api
+        self._check_caller = check
         self._config = config
         self._report = report
         self._metrics = metrics_enabled
@@ -71,20 +90,16 @@ class Lockdown:
 
     def register(self) -> None:
         guarded = self._report.guarded
-        compat.register_callbacks(
-            self._api.register_account_validity_callbacks,
-            "account validity",
-            {"is_user_expired": guarded(Check.REQUEST, _locked_out)(self.is_user_expired)},
-        )
         self._api.register_web_resource(LOCKDOWN_PATH, LockdownResource(self))
         self._api.register_web_resource(CHECKIN_PATH, CheckinResource(self))
         interval = self._config.deadman_interval_ms
-        if interval is not None:
+        if interval is not None and self._api.should_run_background_tasks():  # else Synapse warns
             self._api.looping_background_call(
                 guarded(Check.REQUEST, lambda: None)(self.deadman_tick),
                 deadman_poll_ms(interval),
                 desc="synapse_guard_deadman",
             )
+            logger.info("dead man's switch runs on this process")
         if not self._config.exempt_users:
             logger.warning(
                 "lockdown.exempt_users is empty: once the server is locked down, no account can "
@@ -120,14 +135,42 @@ class Lockdown:
 
     # -- callbacks ---------------------------------------------------------------------------
 
-    async def is_user_expired(self, user_id: str) -> bool | None:
-        if self.exempt(user_id):
-            return None  # no database read for break-glass admins
-        expired = user_expired(await self.state(), user_id, self._config.exempt_users)
-        if expired and self._metrics:
-            # Counted, not logged: a locked-out client retries, and each retry would log.
-            metrics.record(Check.REQUEST, _LOCKDOWN)
-        return expired
+    async def refuses(self, user_id: str) -> bool:
+        """True (counted) if the lockdown refuses a request of `user_id` (the user the token
+        acts as). Raises if the state cannot be read: the caller decides what an outage
+        answers."""
+        state = await self.state()
+        if not state.locked:
+            return False
+        if user_expired(state, user_id, self._config.exempt_users):
+            if self._metrics:
+                # Counted, not logged: a locked-out client retries, and each retry would log.
+                metrics.record(Check.REQUEST, _LOCKDOWN)
+            return True
+        return await self._refuse_foreign_puppets(user_id)
+
+    async def _refuse_foreign_puppets(self, user_id: str) -> bool:
+        """An exempt user's request during a lockdown: is some token for them one that a
+        non-exempt admin minted ("login as user")? Synapse does not tell which token this
+        request carries, so all of those are revoked, and this request refused; the exempt
+        admin's own next request passes. Exempt users are few, so the query is cheap."""
+        tokens = await self._db(
+            "lockdown_puppets",
+            lockdown_store.select_foreign_puppet_tokens,
+            user_id,
+            self._config.exempt_users,
+        )
+        if not tokens:
+            return False
+        for token in tokens:
+            await compat.log_out_session(self._api, user_id, None, token)
+        logger.warning(
+            "lockdown: revoked %d 'login as' token(s) that a non-exempt admin minted for an "
+            "exempt user; the request was refused",
+            len(tokens),
+        )
+        self._report(Check.REQUEST, _PUPPET, user=user_id, event="puppet_revoked")
+        return True
 
     async def refuse_login(self, user_id: str) -> bool:
         """True (counted, logged and audited) if this login must be refused.
@@ -167,7 +210,10 @@ class Lockdown:
             "lockdown_sessions", lockdown_store.select_sessions, self._config.exempt_users
         )
         for user_id, device_id, token in sessions:
-            await compat.log_out_session(self._api, user_id, device_id, token)
+            seen = await self._db(
+                "lockdown_session_tokens", lockdown_store.select_seen_tokens, user_id, device_id
+            )
+            await compat.log_out_session(self._api, user_id, device_id, token, seen)
             if self._metrics:
                 metrics.LOCKDOWN_SESSIONS_REVOKED.inc()
         if sessions:
@@ -214,6 +260,7 @@ class Lockdown:
         # allow_expired: the guard's own `is_user_expired` must not shut exempt admins (nor a
         # check-in) out of these endpoints; the rules below decide instead.
         requester = await self._api.get_user_by_req(request, allow_expired=True)
+        self._check_caller(requester)  # refused address or "login as" token: 403
         return str(requester.user.to_string())
 
     async def require_admin(self, user: str) -> None:
@@ -234,12 +281,11 @@ class Lockdown:
 
 
 def _body(request: Any) -> bytes:
-    content = request.content.read()
-    return content if isinstance(content, bytes) else b""
+    return read_limited(getattr(request, "content", None))
 
 
 def _bad_request(error: RequestError) -> SynapseError:
-    return SynapseError(400, str(error), Codes.BAD_JSON)
+    return SynapseError(error.status, str(error), error.errcode)
 
 
 class LockdownResource(DirectServeJsonResource):

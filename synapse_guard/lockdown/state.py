@@ -13,6 +13,9 @@ from typing import Any
 
 import attrs
 
+from synapse_guard.request_body import RequestError as RequestError  # re-exported: one error type
+from synapse_guard.request_body import parse_object
+
 CAUSES = ("manual", "deadman")
 CACHE_TTL_S = 2.0  # how stale a process's view of the lockdown may be
 _MIN_POLL_MS = 500
@@ -40,10 +43,10 @@ def decode_state(text: str | None) -> LockdownState:
     if text is None:
         return LockdownState()
     try:
-        raw = json.loads(text)
-    except ValueError:
+        raw = parse_object(text.encode("utf-8", "surrogatepass"))
+    except RequestError:
         return UNREADABLE
-    if not isinstance(raw, dict) or not isinstance(raw.get("locked"), bool):
+    if not isinstance(raw.get("locked"), bool):
         return UNREADABLE
     if not raw["locked"]:
         return LockdownState()
@@ -98,26 +101,10 @@ class StateCache:
 # Admin endpoints ----------------------------------------------------------------------------
 
 
-class RequestError(Exception):
-    """A request body the endpoints refuse (400), with a message naming the problem."""
-
-
 @attrs.frozen(slots=True)
 class SwitchRequest:
     locked: bool
     revoke_sessions: bool = False
-
-
-def _object(body: bytes, *, allow_empty: bool) -> Mapping[str, Any]:
-    if allow_empty and not body.strip():
-        return {}
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise RequestError("the body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise RequestError("the body must be a JSON object")
-    return value
 
 
 def _unknown(value: Mapping[str, Any], known: tuple[str, ...]) -> None:
@@ -129,7 +116,7 @@ def _unknown(value: Mapping[str, Any], known: tuple[str, ...]) -> None:
 
 def parse_switch(body: bytes) -> SwitchRequest:
     """POST /lockdown: {"locked": bool, "revoke_sessions": bool (only when locking)}."""
-    value = _object(body, allow_empty=False)
+    value = parse_object(body)
     _unknown(value, ("locked", "revoke_sessions"))
     locked = value.get("locked")
     if not isinstance(locked, bool):
@@ -144,7 +131,7 @@ def parse_switch(body: bytes) -> SwitchRequest:
 
 def parse_checkin(body: bytes) -> None:
     """POST /checkin: an empty body or an empty JSON object."""
-    _unknown(_object(body, allow_empty=True), ())
+    _unknown(parse_object(body, allow_empty=True), ())
 
 
 def status_json(

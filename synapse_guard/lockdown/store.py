@@ -145,3 +145,22 @@ def select_sessions(txn: Txn, exempt: Collection[str]) -> list[tuple[str, str | 
         for user_id, device_id, token in txn.fetchall()
         if user_id not in exempt
     ]
+
+
+def select_foreign_puppet_tokens(txn: Txn, user_id: str, exempt: Collection[str]) -> list[str]:
+    """Tokens acting as `user_id` that someone not exempt minted ("login as user": the row's
+    `user_id` is the admin who minted it, `puppets_user_id` the user it acts as)."""
+    txn.execute("SELECT user_id, token FROM access_tokens WHERE puppets_user_id = ?", (user_id,))
+    return [str(token) for minted_by, token in txn.fetchall() if minted_by not in exempt]
+
+
+def select_seen_tokens(txn: Txn, user_id: str, device_id: str | None) -> list[str]:
+    """Every token Synapse recorded for a session: one rotated by `/refresh` is gone from
+    `access_tokens` but may still authenticate from Synapse's token cache."""
+    if device_id is None:
+        return []
+    txn.execute(
+        "SELECT DISTINCT access_token FROM user_ips WHERE user_id = ? AND device_id = ?",
+        (user_id, device_id),
+    )
+    return [str(token) for (token,) in txn.fetchall()]

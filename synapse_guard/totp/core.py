@@ -30,6 +30,7 @@ STEP_SECONDS = 30  # RFC 6238's default, what every authenticator app assumes
 # Clock skew accepted between the server and the phone, in time steps either side.
 SKEW_STEPS = 1
 BCRYPT_MAX_BYTES = 72  # bcrypt reads no further; bcrypt >= 5 raises on longer input
+BCRYPT_MIN_ROUNDS, BCRYPT_MAX_ROUNDS = 4, 31  # what bcrypt.gensalt accepts
 
 _KEY_CONTEXT = b"synapse-guard/totp-secrets/v1"
 _CIPHER_PREFIX = "v1:"
@@ -57,19 +58,38 @@ def split_code(value: str) -> tuple[str, str] | None:
 
 
 def _password_bytes(password: str, pepper: str) -> bytes:
-    # As Synapse: NFKC, UTF-8, the pepper appended, then what bcrypt reads (72 bytes).
+    # As Synapse: NFKC, UTF-8, the pepper appended, then what bcrypt reads (72 bytes). A lone
+    # surrogate (valid in a JSON string, not in UTF-8) is kept as bytes no real password has,
+    # so it is a wrong password, not an error.
     normalised = unicodedata.normalize("NFKC", password)
-    return (normalised.encode("utf-8") + pepper.encode("utf-8"))[:BCRYPT_MAX_BYTES]
+    data = normalised.encode("utf-8", "surrogatepass") + pepper.encode("utf-8")
+    return data[:BCRYPT_MAX_BYTES]
 
 
-def check_password(password: str, pepper: str, stored_hash: str | None) -> bool:
-    """Whether `password` matches Synapse's bcrypt hash (blocking: run it in a thread)."""
-    if not stored_hash:
-        return False  # no password (deactivated, SSO-only): never a match
-    try:
-        return bcrypt.checkpw(_password_bytes(password, pepper), stored_hash.encode("ascii"))
-    except ValueError:
-        return False  # not a bcrypt hash
+def spend_one_hash(password: str, rounds: int) -> None:
+    """The work of one bcrypt check at `rounds`, for an account that has no hash to check.
+
+    Hashing with a fresh salt of that cost is exactly the work `checkpw` does against a stored
+    hash of that cost (blocking: run it in a thread).
+    """
+    bounded = min(max(rounds, BCRYPT_MIN_ROUNDS), BCRYPT_MAX_ROUNDS)
+    bcrypt.hashpw(_password_bytes(password, ""), bcrypt.gensalt(bounded))
+
+
+def check_password(password: str, pepper: str, stored_hash: str | None, rounds: int) -> bool:
+    """Whether `password` matches Synapse's bcrypt hash (blocking: run it in a thread).
+
+    Always one bcrypt: with no usable hash (an unknown user, a deactivated or SSO-only one, a
+    value that is not a bcrypt hash) one at `rounds` (Synapse's `bcrypt_rounds`, the cost of
+    the hashes it writes), so the time of the answer does not say whether the account exists.
+    """
+    if stored_hash:
+        try:
+            return bcrypt.checkpw(_password_bytes(password, pepper), stored_hash.encode("ascii"))
+        except ValueError:
+            pass  # not a bcrypt hash: never a match
+    spend_one_hash(password, rounds)
+    return False
 
 
 def hash_password(password: str, pepper: str, rounds: int) -> str:

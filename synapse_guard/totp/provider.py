@@ -12,8 +12,8 @@ Enrolment is by an admin, over `/_synapse/client/synapse_guard/totp/{enroll,rese
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +24,7 @@ from synapse.module_api import DirectServeJsonResource, ModuleApi
 from synapse_guard.compat import Codes, ConfigError, SynapseError
 from synapse_guard.config import AuthConfig, GuardConfig, GuardConfigError
 from synapse_guard.record.reporting import Reporter
+from synapse_guard.request_body import RequestError, parse_object, read_limited
 from synapse_guard.totp import store as totp_store
 from synapse_guard.totp.core import (
     CodeCheck,
@@ -36,6 +37,7 @@ from synapse_guard.totp.core import (
     new_secret,
     provisioning_uri,
     rate_limited,
+    spend_one_hash,
     split_code,
 )
 from synapse_guard.verdict import ALLOW, Check, Reason, Verdict, deny
@@ -45,6 +47,10 @@ logger = logging.getLogger("synapse_guard")
 RESOURCE_PREFIX = "/_synapse/client/synapse_guard/totp"
 _DEFAULT_BCRYPT_ROUNDS = 12  # Synapse's default, if its own setting cannot be read
 _PASSED_TTL_S = 60.0
+# A user ID the database can store: "@", a localpart, ":", a server name; printable, no NUL
+# (PostgreSQL refuses it in text), at most 255 characters as the spec says.
+_USER_ID = re.compile(r"@[^:\x00-\x20\x7f]+:[^\x00-\x20\x7f]+")
+_USER_ID_MAX = 255
 
 LoginResult = tuple[str, Callable[[Any], Awaitable[None]] | None] | None
 
@@ -55,6 +61,7 @@ _passed: dict[tuple[str, str], float] = {}
 def install(api: ModuleApi, config: GuardConfig, report: Reporter) -> None:
     """Register this control's callbacks and resources (called from Guard.__init__)."""
     if config.auth.totp == "off":
+        _install_equal_cost(api, report)
         return
     try:
         cipher, pepper = load_files(config.auth)
@@ -92,6 +99,35 @@ def load_files(config: AuthConfig) -> tuple[SecretCipher, str]:
 
 def _no_login() -> LoginResult:
     return None  # Synapse then answers 403 "Invalid username or password"
+
+
+def _install_equal_cost(api: ModuleApi, report: Reporter) -> None:
+    """With auth.totp off, make Synapse's own password check cost the same for every account.
+
+    Synapse's check (`_check_local_password`) runs bcrypt only for an account that has a hash,
+    and answers an unknown user in a few milliseconds: the time tells who exists. A checker
+    registered for `m.login.password` runs before it on every password login (and UIA password
+    step), spends one bcrypt where Synapse will not, and always answers None, so Synapse's own
+    check still decides (verified for 1.100.0 to 1.163.2: `validate_login` falls back to the
+    local database when no checker returned a result; a raised exception counts as none).
+    Not registered when Synapse checks no passwords itself (`localdb_enabled: false`).
+    """
+    localdb = _synapse_auth_setting(api, "password_localdb_enabled")
+    if localdb is None:
+        logger.warning(
+            "cannot read Synapse's password_config.localdb_enabled: a login for an unknown "
+            "user may be answered faster than one for an existing user"
+        )
+    if not localdb:
+        return
+    cost = EqualCost(api, _bcrypt_rounds(api))
+    api.register_password_auth_provider_callbacks(
+        auth_checkers={
+            ("m.login.password", ("password",)): report.guarded(Check.LOGIN, _no_login)(
+                cost.check_password_login
+            )
+        }
+    )
 
 
 def login_type_allowed(
@@ -173,6 +209,36 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class EqualCost:
+    """auth.totp off: one bcrypt for each password login Synapse would answer without one."""
+
+    def __init__(self, api: ModuleApi, rounds: int) -> None:
+        self._api = api
+        self._rounds = rounds
+
+    async def check_password_login(
+        self, username: str, login_type: str, login_dict: dict[str, Any]
+    ) -> LoginResult:
+        """Never a result: Synapse's own check decides, after this one has spent the time.
+
+        Synapse finds the account as `totp_store.get_password_hash` does (case-insensitive,
+        one match) and runs bcrypt only on a non-empty hash; everything else (no such user,
+        several inexact matches, no password: deactivated or SSO-only) gets the dummy here.
+        """
+        password = login_dict.get("password")
+        if not isinstance(password, str):
+            return None
+        qualified = (
+            username if username.startswith("@") else self._api.get_qualified_user_id(username)
+        )
+        found = await self._api.run_db_interaction(
+            "synapse_guard_password_hash", totp_store.get_password_hash, qualified
+        )
+        if found is None or not found[1]:
+            await self._api.defer_to_thread(spend_one_hash, password, self._rounds)
+        return None
+
+
 class SecondFactor:
     def __init__(
         self,
@@ -187,6 +253,7 @@ class SecondFactor:
         self._report = report
         self._cipher = cipher
         self._pepper = pepper
+        self._rounds = _bcrypt_rounds(api)
         self._table_ready = False
 
     async def _ready(self) -> None:
@@ -196,7 +263,10 @@ class SecondFactor:
             self._table_ready = True
 
     async def _password_matches(self, password: str, stored_hash: str | None) -> bool:
-        return await self._api.defer_to_thread(check_password, password, self._pepper, stored_hash)
+        """One bcrypt, real or dummy (see `check_password`): every attempt costs the same."""
+        return await self._api.defer_to_thread(
+            check_password, password, self._pepper, stored_hash, self._rounds
+        )
 
     def _refuse(self, verdict: Verdict, user_id: str | None) -> None:
         self._report(Check.LOGIN, verdict, user=user_id)
@@ -206,7 +276,13 @@ class SecondFactor:
     async def check_password_login(
         self, username: str, login_type: str, login_dict: dict[str, Any]
     ) -> LoginResult:
-        """Synapse's `auth_checkers` callback for `m.login.password` (/login and UIA)."""
+        """Synapse's `auth_checkers` callback for `m.login.password` (/login and UIA).
+
+        Every attempt makes the same database reads and exactly one bcrypt, whether the user
+        exists, is enrolled, is rate limited or sent a code at all: the time of the refusal
+        does not tell an unknown account from a wrong password. Only after the password is
+        right do the paths differ (the code's check and its writes).
+        """
         value = login_dict.get("password")
         if not isinstance(value, str):
             return None
@@ -217,15 +293,19 @@ class SecondFactor:
         found = await self._api.run_db_interaction(
             "synapse_guard_totp_password_hash", totp_store.get_password_hash, qualified
         )
-        if found is None:
-            self._refuse(deny(Reason.PASSWORD_INVALID), None)
-            return None
-        user_id, stored_hash = found
+        user_id, stored_hash = found if found is not None else (qualified, None)
         enrolment = await self._api.run_db_interaction(
             "synapse_guard_totp_get", totp_store.get_enrolment, user_id
         )
+        parts = split_code(value) if enrolment is not None else None
+        password_matches = await self._password_matches(
+            parts[0] if parts is not None else value, stored_hash
+        )
+        if found is None:
+            self._refuse(deny(Reason.PASSWORD_INVALID), None)
+            return None
         if enrolment is None:
-            if not await self._password_matches(value, stored_hash):
+            if not password_matches:
                 self._refuse(deny(Reason.PASSWORD_INVALID), user_id)
                 return None
             if self._config.totp == "required":
@@ -239,18 +319,16 @@ class SecondFactor:
         ):
             self._refuse(deny(Reason.TOTP_RATE_LIMITED), user_id)
             return None
-        parts = split_code(value)
         if parts is None:
             self._refuse(deny(Reason.TOTP_INVALID), user_id)  # no code: not a guess, not counted
             return None
-        password, code = parts
-        if not await self._password_matches(password, stored_hash):
+        if not password_matches:
             # Counted by Synapse's own rc_login.failed_attempts, not here: only someone who
             # knows the password gets to guess codes.
             self._refuse(deny(Reason.PASSWORD_INVALID), user_id)
             return None
         secret = self._cipher.decrypt(user_id, enrolment.secret)
-        checked = check_code(secret, code, now, enrolment.last_step)
+        checked = check_code(secret, parts[1], now, enrolment.last_step)
         if checked.step is not None and not await self._api.run_db_interaction(
             "synapse_guard_totp_accept", totp_store.accept_step, user_id, checked.step
         ):
@@ -275,7 +353,11 @@ class SecondFactor:
 
     async def _local_user(self, body: dict[str, Any]) -> str:
         user_id = body.get("user_id")
-        if not isinstance(user_id, str) or not user_id.startswith("@"):
+        if (
+            not isinstance(user_id, str)
+            or len(user_id) > _USER_ID_MAX
+            or not _USER_ID.fullmatch(user_id)
+        ):
             raise SynapseError(400, "user_id: a full user ID is required", Codes.INVALID_PARAM)
         if not self._api.is_mine(user_id):
             raise SynapseError(400, "user_id: not a user of this server", Codes.INVALID_PARAM)
@@ -352,9 +434,7 @@ class AdminAction(DirectServeJsonResource):
         if not await self._api.is_user_admin(admin):
             raise SynapseError(403, "You are not a server admin", Codes.FORBIDDEN)
         try:
-            body = json.loads(request.content.read())
-        except (ValueError, UnicodeDecodeError):
-            raise SynapseError(400, "Content not JSON.", Codes.NOT_JSON) from None
-        if not isinstance(body, dict):
-            raise SynapseError(400, "Content must be a JSON object.", Codes.BAD_JSON)
+            body = parse_object(read_limited(getattr(request, "content", None)))
+        except RequestError as e:
+            raise SynapseError(e.status, str(e), e.errcode) from None
         return 200, await self._handler(admin, body)

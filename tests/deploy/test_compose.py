@@ -42,6 +42,7 @@ EXPECTED_SERVICES = {
     "backup",
     "geoipupdate",
     "wireguard",
+    "push-proxy",
 }
 
 # The services that run as uid 0, each with the ONE capability it holds and why.
@@ -451,6 +452,28 @@ def test_synapse_static_addresses_are_in_their_networks() -> None:
             continue
         subnets = [c["subnet"] for c in network(net)["ipam"]["config"]]
         assert any(ipaddress.ip_address(address) in ipaddress.ip_network(s) for s in subnets)
+
+
+def test_synapse_has_no_route_off_the_internal_networks() -> None:
+    for net in networks_of("synapse"):
+        assert network(net).get("internal") is True, f"synapse is on non-internal {net}"
+
+
+def test_synapse_shares_the_push_egress_network_with_the_proxy_only() -> None:
+    on_push_egress = {name for name in SERVICES if "push-egress" in networks_of(name)}
+    assert on_push_egress == {"synapse", "push-proxy"}
+    assert network("push-egress").get("internal") is True
+    # The proxy is the one service bridging it to the internet.
+    assert set(networks_of("push-proxy")) == {"push-egress", "egress"}
+
+
+def test_synapse_pushes_through_the_proxy() -> None:
+    environment = service("synapse")["environment"]
+    proxy = networks_of("push-proxy")["push-egress"]["ipv4_address"]
+    assert environment["HTTPS_PROXY"] == f"http://{proxy}:8888"
+    # Plain-HTTP URLs get no proxy (and have no route); nothing bypasses it.
+    for key in ("HTTP_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY"):
+        assert key not in environment, key
 
 
 def test_nginx_reaches_synapse_on_the_frontend_network() -> None:

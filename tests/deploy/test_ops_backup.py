@@ -223,9 +223,11 @@ def deployment(
         bob = server.client(tokens["bob"])
         room_id = alice.room_id(name="campaign", invite=[server.user_id("bob")])
         assert bob.join(room_id)[0] == 200
-        canaries = [f"plaintext-canary-{uuid.uuid4().hex}" for _ in range(3)]
+        # Members send megolm; each canary stands in for a ciphertext (base64, as the guard
+        # requires): readable in the database, never in the encrypted backup.
+        canaries = [f"ciphertextcanary{uuid.uuid4().hex}" for _ in range(3)]
         for i, text in enumerate(canaries):
-            assert (alice if i % 2 == 0 else bob).send_text(room_id, text)[0] == 200
+            assert (alice if i % 2 == 0 else bob).send_megolm(room_id, text)[0] == 200
 
         media_bytes = b"media-canary-" + uuid.uuid4().hex.encode() + os.urandom(2048)
         upload = requests.post(
@@ -251,9 +253,8 @@ def deployment(
         )
         assert deployment.sql("SELECT count(*) FROM e2e_one_time_keys_json") == "1"
         deployment.before = deployment.state()
-        assert [e["content"].get("body") for e in deployment.before["timeline"][:3]] == list(
-            reversed(canaries)
-        )
+        newest = deployment.before["timeline"][:3]
+        assert [e["content"].get("ciphertext") for e in newest] == list(reversed(canaries))
         # What must stay out of a backup: other servers' media and URL previews.
         for excluded in ("remote_content/other.example/aa", "url_cache/2024-01-01"):
             (deployment.media / excluded).mkdir(parents=True)

@@ -156,7 +156,7 @@ def test_synapse_runs_over_tls_with_the_deploy_settings(
     server: SynapseServer = synapse_factory(database=database).start()
     _, member = server.new_user("tls")
     room_id = member.room_id()
-    assert member.send_text(room_id, "over TLS")[0] == 200
+    assert member.send_megolm(room_id)[0] == 200
 
     sessions = tls_cluster.psql(
         tls_cluster.local(),

@@ -8,12 +8,14 @@ a localpart, the room's name or a message; the audit trail holds the expected re
 pseudonyms that correlate the same user (and the same address) across records.
 
 Push: a push gateway on 127.0.0.1 receives, with `push.include_content: false`, no message
-body, but still the sender's user ID, display name and the room's name; a pusher with
+(not even its ciphertext), but still the sender's user ID, display name and the room's name,
+and that the event is `m.room.encrypted`; a pusher with
 `format: event_id_only` receives only the event ID, room ID, unread count and priority.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import logging.handlers
@@ -44,6 +46,9 @@ ABROAD = "192.0.2.1"  # refused: outside the VPN
 ABROAD_V6 = "2001:db8:bad::1"  # refused: outside the VPN
 DIRECT = "127.0.0.1"  # a client reaching Synapse without the proxy: refused
 SECRET = "Nightingale-launch-code-7731"
+# Every room is encrypted: clients send megolm. The secret stands in for the ciphertext
+# (base64, as the guard requires); neither may reach a log or a push gateway.
+CIPHERTEXT = base64.b64encode(SECRET.encode()).decode().rstrip("=")
 ROOM_NAME = "Operation Kestrel"
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - (?P<logger>\S+) - \d+ - (?P<level>\w+) - "
@@ -142,8 +147,8 @@ def scenario(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathF
 
         room = alice_client.room_id(name=ROOM_NAME, invite=[bob])
         assert bob_client.join(room)[0] == 200
-        assert alice_client.send_text(room, f"{SECRET} from alice")[0] == 200
-        assert bob_client.send_text(room, f"{SECRET} from bob, to {alice}")[0] == 200
+        assert alice_client.send_megolm(room, CIPHERTEXT)[0] == 200
+        assert bob_client.send_megolm(room, CIPHERTEXT)[0] == 200
         status, _ = alice_client.put_state(room, "m.room.join_rules", {"join_rule": "public"})
         assert status == 403
     finally:
@@ -191,7 +196,7 @@ def test_no_log_file_holds_an_address_a_user_or_a_message(scenario: Scenario) ->
     forbidden = [
         *VPN, ABROAD, ABROAD_V6, DIRECT,
         scenario.alice, scenario.bob, scenario.ghost, *scenario.localparts,
-        SECRET, ROOM_NAME,
+        SECRET, CIPHERTEXT, ROOM_NAME,
     ]  # fmt: skip
     for path in [*scenario.logs.iterdir(), scenario.console]:
         text = path.read_text()
@@ -334,8 +339,10 @@ def gateway() -> Iterator[PushGateway]:
 
 
 @pytest.fixture(scope="module")
-def push_server(synapse_factory: SynapseFactory) -> SynapseServer:
+def push_server(synapse_factory: SynapseFactory, gateway: PushGateway) -> SynapseServer:
     return synapse_factory(
+        # The guard pushes only to the gateways the operator allows (none by default).
+        guard={"push": {"allowed_gateways": [gateway.url]}},
         extra={
             # Synapse refuses pushers on private and loopback addresses; the test gateway is
             # on 127.0.0.1.
@@ -343,7 +350,7 @@ def push_server(synapse_factory: SynapseFactory) -> SynapseServer:
             # Synapse merges config files shallowly: this `push:` replaces homeserver.d's, so
             # it repeats include_content: false, with a shorter jitter than its 10s.
             "push": {"include_content": False, "jitter_delay": "1s"},
-        }
+        },
     ).start()
 
 
@@ -386,12 +393,12 @@ def test_push_notifications_carry_no_message(
     room = sender_client.room_id(name=ROOM_NAME, invite=[recipient])
     assert phone.join(room)[0] == 200
 
-    status, body = sender_client.send_text(room, f"{SECRET} for your eyes only")
+    status, body = sender_client.send_megolm(room, CIPHERTEXT)
     assert status == 200, body
     event_id = body["event_id"]
     pushed = gateway.wait_for(event_id, {"full-pushkey", "id-only-pushkey"})
 
-    assert all(SECRET.encode() not in raw for raw in gateway.raw)
+    assert all(CIPHERTEXT.encode() not in raw for raw in gateway.raw)
 
     # include_content: false drops only the body: who sent what, where, is still pushed.
     full = pushed["full-pushkey"]
@@ -400,7 +407,7 @@ def test_push_notifications_carry_no_message(
     assert full["sender"] == sender
     assert full["sender_display_name"] == display_name
     assert full["room_name"] == ROOM_NAME
-    assert full["type"] == "m.room.message"
+    assert full["type"] == "m.room.encrypted"
     assert full["event_id"] == full["id"] == event_id
     assert full["room_id"] == room
 

@@ -34,7 +34,7 @@ def test_guarded_rooms_on_postgres(pg_synapse: SynapseServer) -> None:
     assert pg_synapse.decisions("event", "deny", "join_rule") == before + 1
 
     assert friend.join(room_id)[0] == 200
-    assert friend.send_text(room_id, "on postgres")[0] == 200
+    assert friend.send_megolm(room_id)[0] == 200
 
 
 def test_client_registration_refused_on_postgres(pg_synapse: SynapseServer) -> None:

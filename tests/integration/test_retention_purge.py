@@ -9,9 +9,11 @@ policy is one minute, so the 6 s can only come from the room's own event), and S
 One story per database, observed at three moments:
 
 1. *before*: a member writes into the room (text, file, image, edit, reaction, thread reply, a
-   message she then redacts, an `m.room.encrypted` event, a topic); a second member reads and
-   reports a message; a to-device message waits for a device that never syncs. The APIs and the
-   tables show all of it, which proves that the checks below can see what they look for.
+   message she then redacts, an `m.room.encrypted` event, a topic; all but one in clear, the
+   worst case for the database, so the guard's `rooms.encryption` is off here); a second
+   member reads and reports a message; a to-device message waits for a device that never
+   syncs. The APIs and the tables show all of it, which proves that the checks below can see
+   what they look for.
 2. *after*: the lifetime has passed and the purge job has run (several times). The messages
    are gone from `/messages`, `/search`, the admin API and the database: `events`,
    `event_json`, `event_search`, and every other table (each is scanned for the message text).
@@ -72,7 +74,13 @@ SYNAPSE_RETENTION: dict[str, Any] = {
     "forgotten_room_retention_period": "1m",
     "user_ips_max_age": "1m",
 }
-GUARD_RETENTION = {"retention": {"max_lifetime": "1m", "default_lifetime": LIFETIME}}
+GUARD_RETENTION = {
+    "retention": {"max_lifetime": "1m", "default_lifetime": LIFETIME},
+    # The worst case for what the database holds: plain messages in the (still encrypted)
+    # room. With `encryption: required` the guard refuses them, and ciphertext is not indexed
+    # for search: only with the rule off can the purge be seen clearing the search index.
+    "rooms": {"encryption": "off"},
+}
 MEDIA_RETENTION_EVERY_SECOND = {
     "module": "guard_test_media_retention_period.MediaRetentionPeriod",
     "config": {"period_ms": 1000},
@@ -243,8 +251,8 @@ class Story:
         )
         image = self.upload("image", png(), "image/png")
 
-        # Plain events, which a raw client may send into an encrypted room and the server
-        # stores as they are: the worst case for what the database holds.
+        # Plain events, which a raw client may send into an encrypted room and, with the
+        # guard's `rooms.encryption: off` (GUARD_RETENTION), the server stores as they are.
         root = self.send({"msgtype": "m.text", "body": f"{text} plain message"})
         self.purged["message"] = root
         self.purged["encrypted"] = self.send(

@@ -7,10 +7,12 @@ open a room; normal use (messages, mentions, direct chats, invites, upgrades) ke
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import pytest
 
+from tests.integration.conftest import SynapseFactory
 from tests.integration.harness import MatrixClient, SynapseServer
 
 MEGOLM = "m.megolm.v1.aes-sha2"
@@ -182,10 +184,39 @@ def test_redacting_protected_state_is_refused(
     assert_compliant(creator, room_id)
 
 
-def test_messages_and_mentions_work(synapse: SynapseServer, member: MatrixClient) -> None:
+def test_messages_work(synapse: SynapseServer, member: MatrixClient) -> None:
+    """Every guarded room is encrypted: members send megolm, and the server stores it as is."""
+    room_id = member.room_id()
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex  # hex: valid base64 ciphertext
+    assert member.send_megolm(room_id, first)[0] == 200
+    status, reply = member.send_megolm(room_id, second)
+    assert status == 200, reply
+    status, reply = member.send_megolm(
+        room_id, relates_to={"m.in_reply_to": {"event_id": reply["event_id"]}}
+    )
+    assert status == 200, reply
+    ciphertexts = [
+        e["content"]["ciphertext"]
+        for e in member.messages(room_id)
+        if e["type"] == "m.room.encrypted"
+    ]
+    assert ciphertexts[1:3] == [second, first]
+
+
+@pytest.fixture(scope="module")
+def cleartext_synapse(synapse_factory: SynapseFactory) -> SynapseServer:
+    """Rooms still encrypted (Synapse's own default), but the guard lets cleartext in."""
+    return synapse_factory(guard={"rooms": {"encryption": "off"}}).start()
+
+
+def test_mentions_work_where_cleartext_is_allowed(cleartext_synapse: SynapseServer) -> None:
+    """Element sends m.mentions with every message; Synapse < 1.162 needs the guard's shim
+    (compat.thawed_event_dict_if_needed) for it. An E2EE client puts m.mentions inside the
+    ciphertext, and the guard refuses cleartext in encrypted rooms, so the shim is reached
+    only on a server with `rooms.encryption: off` (where clients may send in clear)."""
+    _, member = cleartext_synapse.new_user("member")
     room_id = member.room_id()
     assert member.send_text(room_id, "hello")[0] == 200
-    # Element sends m.mentions with every message; Synapse < 1.162 needs the guard's shim.
     status, reply = member.send(
         room_id,
         {"msgtype": "m.text", "body": "hi", "m.mentions": {"user_ids": [member.user_id]}},
@@ -201,7 +232,7 @@ def test_direct_chat_with_a_local_user(synapse: SynapseServer, member: MatrixCli
     friend_id, friend = synapse.new_user("friend")
     room_id = member.room_id(preset="trusted_private_chat", is_direct=True, invite=[friend_id])
     assert friend.join(room_id)[0] == 200
-    assert friend.send_text(room_id, "hi back")[0] == 200
+    assert friend.send_megolm(room_id)[0] == 200
     assert_compliant(friend, room_id)
 
 
@@ -231,7 +262,7 @@ def test_room_upgrade_keeps_the_policy(member: MatrixClient, old_version: str | 
     status, reply = member.upgrade(room_id, target)
     assert status == 200, reply
     new_room = reply["replacement_room"]
-    assert member.send_text(new_room, "after the upgrade")[0] == 200
+    assert member.send_megolm(new_room)[0] == 200
     # Synapse does not copy m.room.retention on upgrade; the guard gives the new room one.
     for _ in range(50):
         if member.state_content(new_room, "m.room.retention"):

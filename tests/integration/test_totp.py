@@ -380,7 +380,7 @@ def test_logins_that_carry_no_code_are_refused(
         auth=False,
     )
     assert status == 403, body  # a valid JWT, but no code
-    assert body["error"] == "Login was blocked by the server"
+    assert body["error"] == "Invalid username or password"  # as a wrong password reads
     assert server.decisions("login", "deny", "totp_required") == before + 1
     server.stop()
 

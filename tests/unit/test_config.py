@@ -321,7 +321,7 @@ FAILURES: list[tuple[str, dict[str, Any], str, str]] = [
         {"room": {}},
         "room",
         "unknown key; known keys here: registration, federation, rooms, retention, network, "
-        "metrics, audit, auth, lockdown",
+        "metrics, audit, auth, lockdown, push",
     ),
     (
         "unknown registration key",

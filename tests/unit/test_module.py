@@ -384,7 +384,27 @@ def test_federation_enabled_lets_remote_traffic_through() -> None:
     assert run(module, "user_may_invite", ALICE, MALLORY, ROOM_ID) is NOT_SPAM
     assert run(module, "should_drop_federated_event", message) is False
     assert run(module, "user_may_join_room", ALICE, ROOM_ID, False) is NOT_SPAM
-    module.api.get_room_state.assert_not_called()
+    # The join is not judged by who created the room; only the cleartext rule reads state.
+    asked = [call.args[1] for call in module.api.get_room_state.call_args_list]
+    assert asked == [[("m.room.encryption", "")]]
+
+
+def test_federation_enabled_still_keeps_cleartext_out_of_encrypted_rooms() -> None:
+    # Synapse asks check_event_allowed about federated knocks only: a remote member's
+    # cleartext is judged when it arrives (should_drop_federated_event).
+    module = create_module({"federation": {"enabled": True}})
+    encryption = make_event("m.room.encryption", ALICE, {"algorithm": MEGOLM}, state_key="")
+    module.api.get_room_state.return_value = {("m.room.encryption", ""): encryption}
+    cleartext = make_event("m.room.message", MALLORY, {"msgtype": "m.text", "body": "hi"})
+    ciphertext = make_event(
+        "m.room.encrypted",
+        MALLORY,
+        {"algorithm": MEGOLM, "ciphertext": "AwgAEnA0aGVsbG8", "session_id": "c2Vzc2lvbg"},
+    )
+    before = decisions(Check.EVENT, "deny", Reason.UNENCRYPTED)
+    assert run(module, "should_drop_federated_event", cleartext) is True
+    assert decisions(Check.EVENT, "deny", Reason.UNENCRYPTED) == before + 1
+    assert run(module, "should_drop_federated_event", ciphertext) is False
 
 
 def test_federation_enabled_lets_remote_invites_through() -> None:

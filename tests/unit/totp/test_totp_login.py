@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import sqlite3
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ from unittest.mock import Mock
 import bcrypt
 import pytest
 
-from synapse_guard.compat import ConfigError
+from synapse_guard.compat import ConfigError, SynapseError
 from synapse_guard.totp import provider as totp
 from synapse_guard.totp.core import code_at, secret_from_uri, time_step
 from synapse_guard.verdict import Check, Reason
@@ -122,8 +123,22 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(totp, "_now_ms", lambda: NOW_MS)
 
 
-def test_off_registers_nothing(key_file: Path, database: FakeDatabase) -> None:
+def test_off_registers_no_endpoint_and_a_checker_that_never_accepts(
+    key_file: Path, database: FakeDatabase
+) -> None:
     api = synapse_api(database, localdb=True)
+    module = load("off", key_file, api)
+    assert totp_paths(api) == []
+    assert set(module.callbacks["auth_checkers"]) == {("m.login.password", ("password",))}
+    # Synapse's own check decides: the right password, a wrong one, an unknown user.
+    for user, value in (("alice", PASSWORD), ("alice", "Wrong-1"), ("nobody", PASSWORD)):
+        assert login(module, value, user=user) is None
+
+
+def test_off_registers_nothing_when_synapse_checks_no_passwords(
+    key_file: Path, database: FakeDatabase
+) -> None:
+    api = synapse_api(database, localdb=False)
     module = load("off", key_file, api)
     assert "auth_checkers" not in module.callbacks
     assert totp_paths(api) == []
@@ -219,3 +234,173 @@ def test_a_failure_inside_denies_and_is_counted(key_file: Path, database: FakeDa
 def test_a_missing_password_field_is_not_a_login(key_file: Path, database: FakeDatabase) -> None:
     module = load("required", key_file, synapse_api(database))
     assert asyncio.run(checker(module)("alice", "m.login.password", {"password": 5})) is None
+
+
+# -- One hash per attempt: the time of a refusal says nothing of the account ----------------
+
+
+class HashCounter:
+    """Counts the bcrypt runs of the guard's password checks, and their cost."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.runs = 0
+        self.salts: list[int] = []
+        real_checkpw, real_hashpw, real_gensalt = bcrypt.checkpw, bcrypt.hashpw, bcrypt.gensalt
+
+        def checkpw(password: bytes, stored: bytes) -> bool:
+            self.runs += 1
+            return real_checkpw(password, stored)
+
+        def hashpw(password: bytes, salt: bytes) -> bytes:
+            self.runs += 1
+            return real_hashpw(password, salt)
+
+        def gensalt(rounds: int = 12) -> bytes:
+            self.salts.append(rounds)
+            return real_gensalt(rounds)
+
+        for name, fake in (("checkpw", checkpw), ("hashpw", hashpw), ("gensalt", gensalt)):
+            monkeypatch.setattr(f"synapse_guard.totp.core.bcrypt.{name}", fake)
+
+
+@pytest.fixture
+def hashes(monkeypatch: pytest.MonkeyPatch) -> HashCounter:
+    return HashCounter(monkeypatch)
+
+
+def test_every_refusal_costs_one_hash_whether_the_user_exists_or_not(
+    key_file: Path, database: FakeDatabase, hashes: HashCounter
+) -> None:
+    api = synapse_api(database)
+    module = load("required", key_file, api)
+    database.connection.execute("INSERT INTO users VALUES ('@gone:test.local', NULL)")
+    database.add_user("@bob:test.local", PASSWORD)
+    database.add_user("@carol:test.local", PASSWORD)
+    secret = enroll(module, api)  # alice
+    wrong_code = f"{(int(code_at(secret, STEP)) + 500_000) % 1_000_000:06d}"
+    assert login(module, PASSWORD + wrong_code) is None  # one failure of two (max_failures: 2)
+    assert login(module, PASSWORD + wrong_code) is None  # alice is now rate limited
+
+    attempts = {
+        "unknown user": ("nobody", PASSWORD + "123456"),
+        "deactivated (no hash)": ("gone", PASSWORD),
+        "not enrolled, right password": ("bob", PASSWORD),
+        "not enrolled, wrong password": ("carol", "Wrong-1"),
+        "enrolled, no code": ("alice", PASSWORD),
+        "enrolled, wrong password": ("alice", "Wrong-1" + code_at(secret, STEP)),
+        "enrolled, rate limited": ("alice", PASSWORD + code_at(secret, STEP)),
+    }
+    for what, (user, value) in attempts.items():
+        hashes.runs, hashes.salts = 0, []
+        assert login(module, value, user=user) is None, what
+        assert hashes.runs == 1, what
+        assert hashes.salts in ([], [4]), what  # a dummy costs Synapse's bcrypt_rounds
+
+
+def test_a_lone_surrogate_in_a_password_is_a_wrong_password(
+    key_file: Path, database: FakeDatabase
+) -> None:
+    module = load("optional", key_file, synapse_api(database))
+    before = decisions(Check.LOGIN, "deny", Reason.INTERNAL_ERROR)
+    assert login(module, "Correct\ud800") is None
+    assert decisions(Check.LOGIN, "deny", Reason.INTERNAL_ERROR) == before  # not an error
+
+
+def equal_cost(module: LoadedGuard, user: str, password: str = PASSWORD) -> Any:
+    return asyncio.run(checker(module)(user, "m.login.password", {"password": password}))
+
+
+def test_with_totp_off_an_account_without_a_hash_costs_one_hash_here(
+    key_file: Path, database: FakeDatabase, hashes: HashCounter
+) -> None:
+    """Synapse hashes only for an account with a password; this checker, for every other."""
+    module = load("off", key_file, synapse_api(database, localdb=True))
+    database.connection.execute("INSERT INTO users VALUES ('@gone:test.local', NULL)")
+    database.add_user("@Twin:test.local", PASSWORD)
+    database.add_user("@TWIN:test.local", PASSWORD)  # two inexact matches: Synapse finds none
+    for user, runs in (
+        ("nobody", 1),
+        ("gone", 1),
+        ("twin", 1),
+        ("alice", 0),
+        ("@ALICE:test.local", 0),
+    ):
+        hashes.runs, hashes.salts = 0, []
+        assert equal_cost(module, user) is None  # never a result: Synapse decides
+        assert (hashes.runs, hashes.salts) == (runs, [4] * runs), user
+
+
+def test_with_totp_off_an_error_is_no_result(key_file: Path, database: FakeDatabase) -> None:
+    module = load("off", key_file, synapse_api(database, localdb=True))
+    database.fail = True
+    assert equal_cost(module, "alice") is None
+
+
+# -- The admin endpoints' bodies --------------------------------------------------------------
+
+
+class FakeRequest:
+    def __init__(self, body: bytes) -> None:
+        self.content = io.BytesIO(body)
+
+
+def admin_post(api: Mock, action: str, body: bytes) -> Any:
+    (resource,) = [
+        call.args[1]
+        for call in api.register_web_resource.call_args_list
+        if call.args[0] == f"{totp.RESOURCE_PREFIX}/{action}"
+    ]
+    admin = Mock()
+    admin.user.to_string.return_value = "@admin:test.local"
+    api.get_user_by_req.return_value = admin
+    api.is_user_admin.return_value = True
+    return asyncio.run(resource._async_render_POST(FakeRequest(body)))
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "errcode"),
+    [
+        (b"[" * 50_000 + b"]" * 50_000, 413, "M_TOO_LARGE"),
+        (b'{"user_id": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400, "M_BAD_JSON"),
+        (b"[" * 30_000, 400, "M_BAD_JSON"),
+        (b'{"user_id": NaN}', 400, "M_NOT_JSON"),
+        (b'{"user_id": "@alice:test.local", "user_id": "@bob:test.local"}', 400, "M_BAD_JSON"),
+        (b'{"user_id": "@alice\xff:test.local"}', 400, "M_NOT_JSON"),
+        (b'{"user_id": "@\\ud800:test.local"}', 400, "M_NOT_JSON"),
+        (b"", 400, "M_NOT_JSON"),
+        (b'"@alice:test.local"', 400, "M_BAD_JSON"),
+        (b'{"user_id": 42}', 400, "M_INVALID_PARAM"),
+        (b'{"user_id": "@a\\u0000b:test.local"}', 400, "M_INVALID_PARAM"),  # PostgreSQL: 500
+        (b'{"user_id": "@alice:test.local\\n"}', 400, "M_INVALID_PARAM"),
+        (b'{"user_id": "@' + b"a" * 300 + b':test.local"}', 400, "M_INVALID_PARAM"),
+        (b'{"user_id": "@alice"}', 400, "M_INVALID_PARAM"),
+        (b'{"user_id": "@alice:test.local", "password": 5}', 400, "M_INVALID_PARAM"),
+    ],
+)
+def test_bad_admin_bodies_are_refused_and_enrol_nobody(
+    key_file: Path, database: FakeDatabase, body: bytes, status: int, errcode: str
+) -> None:
+    api = synapse_api(database)
+    load("required", key_file, api)
+    for action in ("enroll", "reset", "password"):
+        if action != "password" and b'"password"' in body:
+            continue  # a field only the password action reads
+        with pytest.raises(SynapseError) as caught:
+            admin_post(api, action, body)
+        assert (caught.value.code, caught.value.errcode) == (status, errcode), action
+    tables = database.connection.execute(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'synapse_guard_totp'"
+    ).fetchone()[0]
+    if tables:
+        assert (
+            database.connection.execute("SELECT count(*) FROM synapse_guard_totp").fetchone()[0]
+            == 0
+        )
+
+
+def test_a_good_admin_body_still_enrols(key_file: Path, database: FakeDatabase) -> None:
+    api = synapse_api(database)
+    load("required", key_file, api)
+    code, reply = admin_post(api, "enroll", b'{"user_id": "@alice:test.local"}')
+    assert code == 200
+    assert reply["otpauth_uri"].startswith("otpauth://totp/")
