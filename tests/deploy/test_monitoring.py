@@ -68,7 +68,8 @@ KNOWN_LABEL_VALUES = {
         "event",
         "publish",
         "threepid",
-        "request",  # an authenticated request refused by a lockdown
+        "request",  # an authenticated request refused by the per-request gate or a lockdown
+        "push",  # a pusher refused or removed (push.allowed_gateways)
     },
     "outcome": {"allow", "deny"},
     "reason": {
@@ -89,8 +90,13 @@ KNOWN_LABEL_VALUES = {
         "country_not_allowed",
         "country_unknown",
         "invalid_address",
+        "geoip_unavailable",
         "internal_error",
         "lockdown",
+        "puppet_token",
+        "unencrypted",
+        "push_gateway",
+        "push_format",
         # auth.totp: the second factor on password logins
         "password_invalid",
         "totp_invalid",

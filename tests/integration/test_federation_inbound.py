@@ -116,8 +116,22 @@ def invite_from_remote(
     return status, reply, pdu["room_id"], client
 
 
+# What mallory's E2EE client would send: the guard refuses cleartext in encrypted rooms.
+MEGOLM = {
+    "algorithm": "m.megolm.v1.aes-sha2",
+    "ciphertext": "AwgAEnBmcm9tIG91dHNpZGU",
+    "session_id": "c2Vzc2lvbg",
+    "sender_key": "a2V5",
+    "device_id": "MALLORYDEV",
+}
+CLEARTEXT = {"msgtype": "m.text", "body": "hello from outside"}
+
+
 def remote_message(
-    server: FederatingSynapse, remote: FakeRemote
+    server: FederatingSynapse,
+    remote: FakeRemote,
+    event_type: str = "m.room.encrypted",
+    content: dict[str, Any] = MEGOLM,
 ) -> tuple[str, dict[str, Any], MatrixClient, str]:
     """A message from mallory into a local room (its version pinned, so the PDU format is known)."""
     _, member = server.new_user("member")
@@ -128,8 +142,8 @@ def remote_message(
         ROOM_VERSION,
         room_id=room_id,
         sender=remote.user("mallory"),
-        event_type="m.room.message",
-        content={"msgtype": "m.text", "body": "hello from outside"},
+        event_type=event_type,
+        content=content,
         prev_events=[latest_id],
         auth_events=[create_id],
         depth=100,
@@ -214,3 +228,18 @@ def test_control_an_event_is_not_dropped_when_federation_is_enabled(
     assert event_id in reply["pdus"], reply
     assert control.decisions("event", "deny", "federation") == denied_before
     assert control.decisions("event", "allow", "ok") > allowed_before
+
+
+def test_with_federation_enabled_a_remote_cleartext_message_is_dropped(
+    control: FederatingSynapse, remote: FakeRemote
+) -> None:
+    # Synapse asks check_event_allowed about federated knocks only: the guard judges other
+    # federated events in should_drop_federated_event, so the room stays ciphertext only.
+    event_id, pdu, member, room_id = remote_message(control, remote, "m.room.message", CLEARTEXT)
+    before = control.decisions("event", "deny", "unencrypted")
+
+    status, reply = remote.send_transaction(control.federation_url, SERVER_NAME, [pdu])
+
+    assert status == 200, reply
+    assert control.decisions("event", "deny", "unencrypted") == before + 1
+    assert event_id not in [e["event_id"] for e in member.messages(room_id)]
