@@ -39,8 +39,7 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_base_config(tmp_path_factory.mktemp("base"))
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
+def running_postgres() -> Iterator[PostgresCluster]:
     try:
         cluster = PostgresCluster()
     except ServerMissing as e:
@@ -50,6 +49,18 @@ def postgres() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One PostgreSQL server for the whole run (each test creates its own database)."""
+    yield from running_postgres()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server of this test's own, which it may stop and start (faults)."""
+    yield from running_postgres()
 
 
 SynapseFactory = Callable[..., SynapseServer]

@@ -35,7 +35,7 @@ from synapse_guard.config import parse_guard_config
 from synapse_guard.push.gateways import NOTIFY_PATH as NOTIFY
 from tests.conftest import SynapseFactory, require
 from tests.deploy.compose import DEPLOY, load_compose, mounts
-from tests.integration.harness import HOMESERVER_D, MatrixClient, free_port, iter_log_lines
+from tests.integration.harness import HOMESERVER_D, free_port, iter_log_lines
 
 PROXY_DIR = DEPLOY / "push-proxy"
 CONF = PROXY_DIR / "tinyproxy.conf"
@@ -378,23 +378,6 @@ def megolm() -> dict[str, str]:
     }
 
 
-def set_pusher(client: MatrixClient, url: str, pushkey: str) -> int:
-    status, _ = client.request(
-        "POST",
-        "/_matrix/client/v3/pushers/set",
-        {
-            "kind": "http",
-            "app_id": "org.example.messenger",
-            "app_display_name": "Messenger",
-            "device_display_name": "Phone",
-            "pushkey": pushkey,
-            "lang": "en",
-            "data": {"url": url, "format": "event_id_only"},
-        },
-    )
-    return status
-
-
 def test_synapse_pushes_through_the_proxy_and_nowhere_it_refuses(
     tmp_path: Path, synapse_factory: SynapseFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -426,8 +409,8 @@ def test_synapse_pushes_through_the_proxy_and_nowhere_it_refuses(
         _, sender = server.new_user("sender")
         room = sender.room_id(invite=[recipient_id])
         assert recipient.join(room)[0] == 200
-        assert set_pusher(recipient, through_proxy, "via-proxy") == 200
-        assert set_pusher(recipient, not_in_proxy, "not-in-proxy") == 200
+        assert recipient.set_pusher(through_proxy, "via-proxy", format="event_id_only")[0] == 200
+        assert recipient.set_pusher(not_in_proxy, "not-in-proxy", format="event_id_only")[0] == 200
 
         status, body = sender.send(room, megolm(), "m.room.encrypted")
         assert status == 200, body

@@ -522,6 +522,22 @@ class MatrixClient:
         txn = f"{uuid.uuid4().hex}-{self._txn}"
         return self.request("PUT", f"{self._room(room_id)}/send/{event_type}/{txn}", dict(content))
 
+    def set_pusher(self, url: str, pushkey: str, **data: str) -> tuple[int, Any]:
+        """Register an HTTP pusher the way Element's mobile apps do."""
+        return self.request(
+            "POST",
+            "/_matrix/client/v3/pushers/set",
+            {
+                "kind": "http",
+                "app_id": "org.example.messenger",
+                "app_display_name": "Messenger",
+                "device_display_name": "Phone",
+                "pushkey": pushkey,
+                "lang": "en",
+                "data": {"url": url, **data},
+            },
+        )
+
     def send_text(self, room_id: str, text: str) -> tuple[int, Any]:
         return self.send(room_id, {"msgtype": "m.text", "body": text})
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from synapse_guard.compat import synapse_version
-from tests.conftest import require
 from tests.geoip_factory import replace_by_rename, write_corrupt, write_country_db
 from tests.integration.conftest import SynapseFactory
 from tests.integration.harness import (
@@ -24,7 +23,6 @@ from tests.integration.harness import (
     SERVER_NAME,
     MatrixClient,
     PostgresCluster,
-    ServerMissing,
     SynapseServer,
 )
 
@@ -300,19 +298,6 @@ def test_a_geoip_database_gone_bad_answers_503_until_it_is_restored(
     while member.request("GET", sync, headers=from_(FRANCE))[0] != 200:
         assert time.monotonic() < deadline, "the restored database was not picked up"
         time.sleep(0.5)
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresCluster]:
-    try:
-        cluster = PostgresCluster()
-    except ServerMissing as e:
-        require(str(e))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_a_database_outage_answers_5xx_not_expired_and_logs_once(

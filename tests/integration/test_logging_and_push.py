@@ -355,19 +355,7 @@ def push_server(synapse_factory: SynapseFactory, gateway: PushGateway) -> Synaps
 
 
 def set_pusher(client: MatrixClient, gateway: PushGateway, pushkey: str, **data: str) -> None:
-    status, body = client.request(
-        "POST",
-        "/_matrix/client/v3/pushers/set",
-        {
-            "kind": "http",
-            "app_id": "org.example.messenger",
-            "app_display_name": "Messenger",
-            "device_display_name": "Phone",
-            "pushkey": pushkey,
-            "lang": "en",
-            "data": {"url": gateway.url, **data},
-        },
-    )
+    status, body = client.set_pusher(gateway.url, pushkey, **data)
     assert status == 200, body
 
 

@@ -122,22 +122,6 @@ def guarded_server(
     )
 
 
-def set_pusher(client: MatrixClient, url: str, pushkey: str) -> tuple[int, Any]:
-    return client.request(
-        "POST",
-        "/_matrix/client/v3/pushers/set",
-        {
-            "kind": "http",
-            "app_id": "org.example.messenger",
-            "app_display_name": "Messenger",
-            "device_display_name": "Phone",
-            "pushkey": pushkey,
-            "lang": "en",
-            "data": {"url": url, "format": "event_id_only"},
-        },
-    )
-
-
 def pushers(client: MatrixClient) -> dict[str, str]:
     status, body = client.request("GET", "/_matrix/client/v3/pushers")
     assert status == 200, body
@@ -163,7 +147,9 @@ class Members:
         self.room = self.sender.room_id(name="Operation Kestrel", invite=[self.recipient_id])
         assert self.recipient.join(self.room)[0] == 200
         self.good_key = f"good-{uuid.uuid4().hex[:8]}"
-        assert set_pusher(self.recipient, allowed.url, self.good_key)[0] == 200
+        assert (
+            self.recipient.set_pusher(allowed.url, self.good_key, format="event_id_only")[0] == 200
+        )
 
     def send(self) -> str:
         # What an E2EE client sends (rooms.encryption: required refuses cleartext here).
@@ -214,7 +200,7 @@ def test_a_pusher_anywhere_else_is_refused_and_never_notified(
     key = f"leak-{uuid.uuid4().hex[:8]}"
     refused = server.decisions("push", "deny", "push_gateway")
 
-    status, body = set_pusher(members.recipient, url, key)
+    status, body = members.recipient.set_pusher(url, key, format="event_id_only")
     event_id = members.send()  # right after the attempt
 
     assert status == 400, body
@@ -264,7 +250,7 @@ def narrowed(
     server = guarded_server(synapse_factory, [allowed.url, dropped.url], database).start()
     members = Members(server, allowed)
     old_key = f"old-{uuid.uuid4().hex[:8]}"
-    assert set_pusher(members.recipient, dropped.url, old_key)[0] == 200
+    assert members.recipient.set_pusher(dropped.url, old_key, format="event_id_only")[0] == 200
     dropped.wait_for(members.send(), old_key)  # while allowed, it was pushed to
 
     server.stop()
