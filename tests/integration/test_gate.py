@@ -234,44 +234,58 @@ def test_with_synapses_layer_off_no_request_names_another_server(
 # -- lockdown: exemption belongs to whoever holds the token --------------------------------
 
 
-@pytest.fixture
-def unlocked(gated: SynapseServer) -> Iterator[MatrixClient]:
-    breakglass = login(gated, BREAKGLASS)
-    yield breakglass
-    status, body = breakglass.request("POST", LOCKDOWN, {"locked": False}, headers=from_(VPN))
+@pytest.fixture(params=["sqlite", "postgres"])
+def lockable(
+    request: pytest.FixtureRequest, synapse_factory: SynapseFactory, geoip_db: Path
+) -> Iterator[SynapseServer]:
+    """A gated server, on each database (the lockdown state and the tokens live there)."""
+    if request.param == "sqlite":
+        server = request.getfixturevalue("gated")
+    else:
+        database = request.getfixturevalue("postgres").create_database()
+        server = synapse_factory(
+            database=database,
+            guard={
+                "network": network(geoip_db),
+                "lockdown": {"exempt_users": [f"@{BREAKGLASS}:{SERVER_NAME}"]},
+            },
+        ).start()
+        server.register_user(BREAKGLASS, admin=True)
+    yield server
+    breakglass = login(server, BREAKGLASS)
+    status, body = breakglass.request("POST", LOCKDOWN, {"locked": False})
     assert status == 200, body
 
 
 def test_a_login_as_token_minted_for_the_breakglass_admin_dies_with_the_lockdown(
-    gated: SynapseServer, unlocked: MatrixClient
+    lockable: SynapseServer,
 ) -> None:
-    admin = login(gated, gated.new_account("insider", admin=True))
+    server = lockable
+    breakglass = login(server, BREAKGLASS)
+    admin = login(server, server.new_account("insider", admin=True))
     status, minted = admin.request(
-        "POST",
-        f"/_synapse/admin/v1/users/@{BREAKGLASS}:{SERVER_NAME}/login",
-        {},
-        headers=from_(VPN),
+        "POST", f"/_synapse/admin/v1/users/{server.user_id(BREAKGLASS)}/login", {}
     )
     assert status == 200, minted
-    puppet = gated.client(minted["access_token"])
+    puppet = server.client(minted["access_token"])
+    puppet.default_headers = from_(VPN)
     sync = "/_matrix/client/v3/sync?timeout=0"
-    assert puppet.request("GET", sync, headers=from_(VPN))[0] == 200
+    assert puppet.request("GET", sync)[0] == 200
     # Even unlocked, the guard's own endpoints refuse a token minted by someone else.
-    assert refused(*puppet.request("POST", LOCKDOWN, {"locked": True}, headers=from_(VPN)))
+    assert refused(*puppet.request("POST", LOCKDOWN, {"locked": True}))
 
-    status, body = admin.request("POST", LOCKDOWN, {"locked": True}, headers=from_(VPN))
+    status, body = admin.request("POST", LOCKDOWN, {"locked": True})
     assert status == 200, body
     time.sleep(2.5)  # every process trusts its last read of the state for 2 s
 
-    assert refused(*puppet.request("GET", sync, headers=from_(VPN)))
+    assert refused(*puppet.request("GET", sync))
     # Refused, and revoked: it can no more lift the lockdown than read.
-    status, _ = puppet.request("POST", LOCKDOWN, {"locked": False}, headers=from_(VPN))
-    assert status == 401
-    assert gated.metric("synapse_guard_lockdown_active") == 1
-    assert gated.decisions("request", "deny", "puppet_token") >= 1
+    assert puppet.request("POST", LOCKDOWN, {"locked": False})[0] == 401
+    assert server.metric("synapse_guard_lockdown_active") == 1
+    assert server.decisions("request", "deny", "puppet_token") >= 1
     # The break-glass admin's own token keeps working, and the puppet token is gone for good.
-    assert unlocked.request("GET", sync, headers=from_(VPN))[0] == 200
-    assert puppet.request("GET", sync, headers=from_(VPN))[0] == 401
+    assert breakglass.request("GET", sync)[0] == 200
+    assert puppet.request("GET", sync)[0] == 401
 
 
 # -- a bad day: dependencies down -----------------------------------------------------------
