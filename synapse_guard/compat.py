@@ -28,6 +28,7 @@ __all__ = [
     "RegistrationBehaviour",
     "RequestFacts",
     "SynapseError",
+    "cannot_log_out_here",
     "count_failed_login",
     "current_request",
     "current_request_path",
@@ -152,6 +153,24 @@ def thawed_event_dict_if_needed(event: Any) -> dict[str, Any] | None:
     assert isinstance(thawed, dict)
     json.dumps(thawed)  # must be plain JSON, or Synapse would refuse the rebuilt event
     return thawed
+
+
+# Synapse 1.135.0 moved device changes off the main process (element-hq/synapse#18581): from
+# then on every process's `DeviceHandler` has `delete_devices` and every process's store has
+# `delete_access_token`; before, only the main process's (`DeviceWorkerHandler` and
+# `RegistrationWorkerStore` have neither, read in 1.100.0 and 1.134.0).
+LOGOUT_ON_WORKERS_SINCE = (1, 135, 0)
+
+
+def cannot_log_out_here(api: ModuleApi) -> str | None:
+    """Why this process cannot log sessions out (`log_out_session`), or None if it can."""
+    if synapse_version() >= LOGOUT_ON_WORKERS_SINCE or not isinstance(api.worker_app, str):
+        return None  # the main process, or a Synapse whose workers can
+    return (
+        f"Synapse {synapse.__version__} can log sessions out only on the main process (workers "
+        "can from 1.135.0), and this is worker "
+        f"{api.worker_name!r}"
+    )
 
 
 async def log_out_session(

@@ -144,6 +144,13 @@ class Guard:
             and (network.has_allow_rules or network.deny_cidrs)
             and api.should_run_background_tasks()
         ):
+            refused = compat.cannot_log_out_here(api)
+            if refused is not None:  # else every sweep would fail and every session stay
+                raise compat.ConfigError(
+                    f"network.revoke_sessions: the session sweep runs where background tasks "
+                    f"run, and {refused}: set run_background_tasks_on to the main process "
+                    "(or upgrade Synapse)"
+                )
             api.looping_background_call(
                 guarded(Check.SESSION, lambda: None)(self.sweep_sessions),
                 network.sweep_interval_ms,

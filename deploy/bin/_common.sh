@@ -39,7 +39,9 @@ load_env_file() {
 		value=${value#\"}
 		value=${value%\'}
 		value=${value#\'}
-		[[ -z ${!key+set} ]] && export "$key=$value"
+		# (an `if`, not `&&`: a variable already set on the last line must not fail the loop,
+		# which `set -e` would turn into a silent exit of every script)
+		if [[ -z ${!key+set} ]]; then export "$key=$value"; fi
 	done <"$file"
 }
 
@@ -75,6 +77,33 @@ pg_tool() {
 	"${prefix[@]}" "$@"
 }
 
+# docker compose with the stack's files. COMPOSE_FILE may name several, separated by ':' as in
+# docker compose's own COMPOSE_FILE (docker-compose.yml:docker-compose.override.yml); relative
+# ones are under DEPLOY_DIR. Given -f, compose reads no override file by itself: list it here.
+compose_file_args() {
+	local -a files
+	local f
+	IFS=: read -r -a files <<<"$COMPOSE_FILE"
+	COMPOSE_ARGS=()
+	for f in "${files[@]}"; do
+		[[ $f == /* ]] || f=$DEPLOY_DIR/$f
+		COMPOSE_ARGS+=(-f "$f")
+	done
+}
+compose_files_ok() {
+	local -a files
+	local f
+	IFS=: read -r -a files <<<"$COMPOSE_FILE"
+	for f in "${files[@]}"; do
+		[[ $f == /* ]] || f=$DEPLOY_DIR/$f
+		[[ -f $f ]] || return 1
+	done
+}
+docker_compose() {
+	compose_file_args
+	docker compose "${COMPOSE_ARGS[@]}" "$@"
+}
+
 # Synapse's own tools: natively with SYNAPSE_PYTHON (a python with Synapse installed), otherwise
 # in the compose stack's synapse image.
 synapse_python() {
@@ -82,8 +111,8 @@ synapse_python() {
 		"$SYNAPSE_PYTHON" "$@"
 	else
 		require_cmd docker
-		[[ -f $COMPOSE_FILE ]] || die "no $COMPOSE_FILE (or set SYNAPSE_PYTHON to run natively)"
-		docker compose -f "$COMPOSE_FILE" run --rm --no-deps -T --entrypoint python synapse "$@"
+		compose_files_ok || die "no $COMPOSE_FILE (or set SYNAPSE_PYTHON to run natively)"
+		docker_compose run --rm --no-deps -T --entrypoint python synapse "$@"
 	fi
 }
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from synapse.module_api import DirectServeJsonResource, ModuleApi
 
-from synapse_guard import compat
+from synapse_guard import compat, schema
 from synapse_guard.compat import Codes, SynapseError
 from synapse_guard.config import GuardConfig, LockdownConfig
 from synapse_guard.lockdown import store as lockdown_store
@@ -50,6 +50,10 @@ CHECKIN_PATH = "/_synapse/client/synapse_guard/checkin"
 
 _LOCKDOWN = deny(Reason.LOCKDOWN)
 _PUPPET = deny(Reason.PUPPET)
+_INTERNAL = deny(Reason.INTERNAL_ERROR)
+# Every process re-reads the state this often for its `lockdown_active` gauge, also one that
+# serves no request (otherwise an idle worker keeps showing a lifted lockdown).
+GAUGE_REFRESH_MS = 5_000
 
 
 EndpointCheck = Callable[[Any], None]  # raises the refusal of an endpoint's caller
@@ -86,7 +90,8 @@ class Lockdown:
         self._report = report
         self._metrics = metrics_enabled
         self._cache = StateCache()
-        self._table_ready = False
+        self._table = schema.Tables(api, "lockdown", (lockdown_store.CREATE,))
+        self._gauge_failing = False
 
     def register(self) -> None:
         guarded = self._report.guarded
@@ -100,6 +105,13 @@ class Lockdown:
                 desc="synapse_guard_deadman",
             )
             logger.info("dead man's switch runs on this process")
+        if self._metrics:
+            self._api.looping_background_call(
+                self.refresh_gauge,
+                GAUGE_REFRESH_MS,
+                desc="synapse_guard_lockdown_gauge",
+                run_on_all_instances=True,
+            )
         if not self._config.exempt_users:
             logger.warning(
                 "lockdown.exempt_users is empty: once the server is locked down, no account can "
@@ -109,14 +121,8 @@ class Lockdown:
     # -- state -------------------------------------------------------------------------------
 
     async def _db(self, desc: str, func: Any, *args: Any) -> Any:
-        def run(txn: Any) -> Any:
-            if not self._table_ready:
-                lockdown_store.ensure_table(txn)
-            return func(txn, *args)
-
-        result = await self._api.run_db_interaction(f"synapse_guard_{desc}", run)
-        self._table_ready = True
-        return result
+        await self._table.ensure()
+        return await self._api.run_db_interaction(f"synapse_guard_{desc}", func, *args)
 
     def _remember(self, state: LockdownState) -> LockdownState:
         self._cache.put(state)
@@ -129,6 +135,20 @@ class Lockdown:
         if cached is not None:
             return cached
         return self._remember(await self._db("lockdown_read", lockdown_store.read_state))
+
+    async def refresh_gauge(self) -> None:
+        """The looping call of every process: its gauge follows the table (logged once per
+        outage; the gauge keeps its last value meanwhile)."""
+        try:
+            await self.state()
+        except Exception as e:
+            if not self._gauge_failing:
+                self._gauge_failing = True
+                logger.warning("lockdown: cannot read the state for its gauge, retrying: %s", e)
+            return
+        if self._gauge_failing:
+            self._gauge_failing = False
+            logger.info("lockdown: the state is readable again")
 
     def exempt(self, user_id: str) -> bool:
         return user_id in self._config.exempt_users
@@ -204,21 +224,47 @@ class Lockdown:
         event = "lockdown_on" if state.locked else "lockdown_off"
         self._report.audit(Check.REQUEST, allow(Reason.LOCKDOWN), user=user, event=event)
 
-    async def revoke_sessions(self) -> int:
-        """Log out every session of every user who is not exempt; returns how many."""
+    def refuse_revocation_here(self) -> None:
+        """400 before anything is switched if this process cannot log sessions out."""
+        refused = compat.cannot_log_out_here(self._api)
+        if refused is not None:
+            raise SynapseError(
+                400,
+                f"revoke_sessions: {refused}; send this request to the main process",
+                Codes.INVALID_PARAM,
+            )
+
+    async def revoke_sessions(self) -> tuple[int, int]:
+        """Log out every session of every user who is not exempt; returns (logged out,
+        failed). A failed logout does not stop the others (nor the answer to the switch);
+        while locked, those sessions are refused anyway."""
         sessions = await self._db(
             "lockdown_sessions", lockdown_store.select_sessions, self._config.exempt_users
         )
+        revoked, failures = 0, []
         for user_id, device_id, token in sessions:
-            seen = await self._db(
-                "lockdown_session_tokens", lockdown_store.select_seen_tokens, user_id, device_id
-            )
-            await compat.log_out_session(self._api, user_id, device_id, token, seen)
+            try:
+                seen = await self._db(
+                    "lockdown_session_tokens", lockdown_store.select_seen_tokens, user_id, device_id
+                )
+                await compat.log_out_session(self._api, user_id, device_id, token, seen)
+            except Exception as e:
+                failures.append(e)
+                continue
+            revoked += 1
             if self._metrics:
                 metrics.LOCKDOWN_SESSIONS_REVOKED.inc()
-        if sessions:
-            logger.warning("lockdown: logged out %d sessions", len(sessions))
-        return len(sessions)
+        if revoked:
+            logger.warning("lockdown: logged out %d sessions", revoked)
+        if failures:
+            self._report(Check.REQUEST, _INTERNAL)
+            logger.warning(
+                "lockdown: %d sessions could not be logged out: %s",
+                len(failures),
+                failures[0],
+                exc_info=failures[0],
+            )
+        return revoked, len(failures)
 
     async def checkin(self, user: str) -> int:
         now = int(await self._db("deadman_checkin", lockdown_store.record_checkin))
@@ -306,10 +352,15 @@ class LockdownResource(DirectServeJsonResource):
             wanted = parse_switch(_body(request))
         except RequestError as e:
             raise _bad_request(e) from None
+        if wanted.revoke_sessions:
+            control.refuse_revocation_here()
         changed = await control.switch(wanted.locked, "manual", user)
-        revoked = await control.revoke_sessions() if wanted.revoke_sessions else 0
+        revoked, failed = await control.revoke_sessions() if wanted.revoke_sessions else (0, 0)
         status = await control.status()
-        return 200, {**status, "changed": changed, "revoked_sessions": revoked}
+        answer = {**status, "changed": changed, "revoked_sessions": revoked}
+        if failed:
+            answer["revoke_failed"] = failed
+        return 200, answer
 
 
 class CheckinResource(DirectServeJsonResource):

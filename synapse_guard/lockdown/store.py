@@ -17,13 +17,14 @@ from typing import Any
 import attrs
 from synapse.storage.engines import PostgresEngine
 
+from synapse_guard import schema
 from synapse_guard.lockdown.state import LockdownState, deadman_due, decode_state, encode_state
 
 TABLE = "synapse_guard_state"
 LOCKDOWN_ROW = "lockdown"
 CHECKIN_ROW = "deadman_checkin"
 
-_CREATE = (
+CREATE = (
     "CREATE TABLE IF NOT EXISTS synapse_guard_state "
     "(name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ts BIGINT NOT NULL)"
 )
@@ -51,8 +52,9 @@ class Switched:
 
 
 def ensure_table(txn: Txn) -> None:
-    """Idempotent: every process runs it once before its first read or write."""
-    txn.execute(_CREATE)
+    """Idempotent and safe when several processes run it at once (synapse_guard/schema.py);
+    every process runs it once, in a transaction of its own, before its first read."""
+    schema.create_tables(txn, (CREATE,))
 
 
 def now_ms(txn: Txn) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from synapse_guard import schema
 from synapse_guard.totp.core import Failures
 
 TABLE = "synapse_guard_totp"
@@ -37,7 +38,8 @@ class Enrolment:
 
 
 def create_table(txn: Any) -> None:
-    txn.execute(CREATE_TABLE)
+    """Idempotent and safe when several processes run it at once (synapse_guard/schema.py)."""
+    schema.create_tables(txn, (CREATE_TABLE,))
 
 
 def get_enrolment(txn: Any, user_id: str) -> Enrolment | None:
@@ -65,6 +67,18 @@ def enrol(txn: Any, user_id: str, secret: str, now_ms: int) -> None:
         "created_ts) VALUES (?, ?, NULL, 0, NULL, ?)",
         (user_id, secret, now_ms),
     )
+
+
+def enrol_if_new(txn: Any, user_id: str, secret: str, now_ms: int) -> bool:
+    """Store a secret unless the user has one; False if they had. One statement: of two
+    admins (or two workers) enrolling the same user at once, exactly one wins, and the other
+    is told, instead of one failing on the primary key or both getting a secret."""
+    txn.execute(
+        f"INSERT INTO {TABLE} (user_id, secret, last_step, failures, failure_window_start, "  # noqa: S608
+        "created_ts) VALUES (?, ?, NULL, 0, NULL, ?) ON CONFLICT (user_id) DO NOTHING",
+        (user_id, secret, now_ms),
+    )
+    return bool(txn.rowcount == 1)
 
 
 def remove(txn: Any, user_id: str) -> bool:
