@@ -27,9 +27,11 @@ die() {
 }
 
 # Simple KEY=value lines of deploy/.env (what docker compose reads too). Never `source`d, so a
-# value cannot run code; variables already in the environment win.
+# value cannot run code; variables already in the environment win and, as in docker compose,
+# the last line of a key repeated in the file wins over its earlier ones.
 load_env_file() {
 	local file=${ENV_FILE:-$DEPLOY_DIR/.env} line key value
+	local -A from_file=()
 	[[ -f $file ]] || return 0
 	while IFS= read -r line || [[ -n $line ]]; do
 		[[ $line =~ ^[[:space:]]*([A-Z_][A-Z0-9_]*)=(.*)$ ]] || continue
@@ -41,7 +43,10 @@ load_env_file() {
 		value=${value#\'}
 		# (an `if`, not `&&`: a variable already set on the last line must not fail the loop,
 		# which `set -e` would turn into a silent exit of every script)
-		if [[ -z ${!key+set} ]]; then export "$key=$value"; fi
+		if [[ -z ${!key+set} || -n ${from_file[$key]:-} ]]; then
+			export "$key=$value"
+			from_file[$key]=1
+		fi
 	done <"$file"
 }
 

@@ -1,0 +1,59 @@
+"""The operator's accounts: `bin/create-user` makes members, and they log in through nginx."""
+
+from __future__ import annotations
+
+import os
+
+import requests
+
+from tests.stack.conftest import MATRIX, Member, Session, Stack, login
+
+
+def test_create_user_makes_two_members_who_log_in_through_nginx(
+    https: requests.Session, sessions: tuple[Session, Session]
+) -> None:
+    for session in sessions:
+        whoami = https.get(
+            f"{MATRIX}/_matrix/client/v3/account/whoami", headers=session.headers, timeout=30
+        )
+        assert whoami.status_code == 200, whoami.text
+        assert whoami.json()["user_id"] == session.member.user_id
+
+
+def test_a_wrong_password_is_refused(
+    https: requests.Session, members: tuple[Member, Member]
+) -> None:
+    alice = members[0]
+    response = login(https, Member(alice.localpart, alice.password + "x"))
+    assert response.status_code == 403, response.text
+    assert response.json()["errcode"] == "M_FORBIDDEN"
+
+
+def test_create_user_refuses_an_existing_name(stack: Stack, members: tuple[Member, Member]) -> None:
+    done = stack.bin("create-user", "--generate-password", members[0].localpart)
+    assert done.returncode != 0
+    assert "no account was created" in done.stderr
+
+
+def test_an_attachment_round_trips_through_nginx(
+    https: requests.Session, sessions: tuple[Session, Session]
+) -> None:
+    """Alice uploads (as a client does for an encrypted attachment: opaque bytes), Bob
+    downloads the same bytes through the authenticated media API."""
+    alice, bob = sessions
+    blob = os.urandom(256 * 1024)
+    uploaded = https.post(
+        f"{MATRIX}/_matrix/media/v3/upload?filename=blob.bin",
+        headers={**alice.headers, "Content-Type": "application/octet-stream"},
+        data=blob,
+        timeout=60,
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    server, media_id = uploaded.json()["content_uri"].removeprefix("mxc://").split("/")
+    assert server == "stack.test"
+    url = f"{MATRIX}/_matrix/client/v1/media/download/{server}/{media_id}"
+    downloaded = https.get(url, headers=bob.headers, timeout=60)
+    assert downloaded.status_code == 200, downloaded.text
+    assert downloaded.content == blob
+    # Without a token: refused (authenticated media).
+    assert https.get(url, timeout=60).status_code in (401, 403, 404)
