@@ -32,6 +32,8 @@ __all__ = [
     "count_failed_login",
     "current_request",
     "current_request_path",
+    "deactivate_account",
+    "first_cross_signing_without_uia",
     "log_out_session",
     "login_refusal",
     "refuse_pushers_at_creation",
@@ -281,6 +283,21 @@ async def remove_pusher(api: ModuleApi, app_id: str, pushkey: str, user_id: str)
     await api._hs.get_pusherpool().remove_pusher(app_id, pushkey, user_id)
 
 
+async def deactivate_account(api: ModuleApi, user_id: str, requester: Any) -> None:
+    """Deactivate an account with erasure, as the admin API's `POST /_synapse/admin/v1/
+    deactivate/<user_id>` with `{"erase": true}` does (`by_admin`, the admin's requester).
+
+    No public ModuleApi method deactivates; `DeactivateAccountHandler.deactivate_account
+    (user_id, erase_data, requester, id_server=None, by_admin=False)` has the same signature
+    from 1.100.0 to 1.157.1 (read). It deletes devices, tokens, pushers, 3PIDs and the
+    password, marks the user erased (their events are then redacted for new readers), blanks
+    the profile, and parts their rooms in the background. Devices are deleted through the
+    device handler: main process only before 1.135 (`cannot_log_out_here`).
+    """
+    handler = api._hs.get_deactivate_account_handler()
+    await handler.deactivate_account(user_id, erase_data=True, requester=requester, by_admin=True)
+
+
 # What Synapse answers a wrong password or an unknown user: `LoginError(403,
 # INVALID_USERNAME_OR_PASSWORD, Codes.FORBIDDEN)` in synapse/handlers/auth.py, 1.100 to 1.163.2.
 WRONG_PASSWORD_MESSAGE = "Invalid username or password"  # noqa: S105 (a message, not a password)
@@ -328,3 +345,29 @@ async def count_failed_login(api: ModuleApi, user_id: str) -> None:
             )
         return
     await can_do_action(None, user_id.lower())
+
+
+# Synapse 1.110.0 (element-hq/synapse#17284, MSC3967 made stable) uploads a user's first
+# cross-signing keys without UIA; 1.100 to 1.109 only with `experimental_features:
+# msc3967_enabled`, which `SigningKeyUploadServlet` reads at each request (1.100.0, 1.109.0).
+FIRST_CROSS_SIGNING_WITHOUT_UIA_SINCE = (1, 110, 0)
+
+
+def first_cross_signing_without_uia(api: ModuleApi) -> bool | None:
+    """Make a first cross-signing upload need no UIA, as Synapse does from 1.110.0.
+
+    Under auth.totp, Element answers the UIA of its first-run bootstrap with the password +
+    code it has just logged in with, a replay the guard refuses. A reset (keys already set up)
+    still needs UIA, as from 1.110.0. True when done or not needed, False when this Synapse
+    has no such switch, None when its config cannot be read (private `hs.config`).
+    """
+    if synapse_version() >= FIRST_CROSS_SIGNING_WITHOUT_UIA_SINCE:
+        return True
+    config = getattr(getattr(api, "_hs", None), "config", None)
+    if config is None:
+        return None
+    experimental = getattr(config, "experimental", None)
+    if not isinstance(getattr(experimental, "msc3967_enabled", None), bool):
+        return False
+    experimental.msc3967_enabled = True  # type: ignore[union-attr]
+    return True

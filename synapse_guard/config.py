@@ -77,6 +77,9 @@ class RoomPolicy:
 class RetentionPolicy:
     max_lifetime_ms: int = 15 * _DURATION_UNITS_MS["d"]
     default_lifetime_ms: int = 7 * _DURATION_UNITS_MS["d"]
+    # Synapse's user_daily_visits, which it never deletes (metadata_purge.py); None: kept.
+    daily_visits_max_age_ms: int | None = 3 * _DURATION_UNITS_MS["d"]  # as user_ips_max_age
+    daily_visits_purge_interval_ms: int = _DURATION_UNITS_MS["h"]
 
 
 @attrs.frozen(slots=True)
@@ -135,6 +138,31 @@ class PushPolicy:
     sweep_interval_ms: int = 10 * _DURATION_UNITS_MS["s"]  # stored pushers re-checked
 
 
+# Below this, a phone that merely sleeps (no sync for hours) would be logged out; Synapse also
+# writes a device's last use only every few minutes.
+MIN_IDLE_TIMEOUT_MS = _DURATION_UNITS_MS["h"]
+
+
+@attrs.frozen(slots=True)
+class SessionsPolicy:
+    """Sessions nobody used for `idle_timeout` are logged out (None: never)."""
+
+    idle_timeout_ms: int | None = 30 * _DURATION_UNITS_MS["d"]
+    sweep_interval_ms: int = _DURATION_UNITS_MS["h"]  # how often idle sessions are looked for
+
+
+@attrs.frozen(slots=True)
+class AlertsConfig:
+    """Alertmanager's webhook, posted as notices into the admins' room (synapse_guard/alerts/)."""
+
+    enabled: bool = False
+    secret_path: str | None = None  # the bearer secret Alertmanager sends (credentials_file)
+    room: str | None = None  # the admins' room: "!id", "#alias:server" or "#alias" (this server)
+    sender: str | None = None  # the local account the notices are sent as (localpart or ID)
+    allow_cidrs: tuple[IPNetwork, ...] = ()  # where Alertmanager posts from
+    notices_per_minute: int = 10
+
+
 @attrs.frozen(slots=True)
 class GuardConfig:
     registration: RegistrationPolicy = RegistrationPolicy()
@@ -147,6 +175,8 @@ class GuardConfig:
     auth: AuthConfig = AuthConfig()
     lockdown: LockdownConfig = LockdownConfig()
     push: PushPolicy = PushPolicy()
+    sessions: SessionsPolicy = SessionsPolicy()
+    alerts: AlertsConfig = AlertsConfig()
 
 
 T = TypeVar("T")
@@ -291,12 +321,22 @@ def _parse_rooms(raw: object, path: str) -> RoomPolicy:
 
 
 def _parse_retention(raw: object, path: str) -> RetentionPolicy:
-    section = _Section(raw, path, ("max_lifetime", "default_lifetime"))
+    section = _Section(
+        raw,
+        path,
+        ("max_lifetime", "default_lifetime", "daily_visits_max_age", "daily_visits_purge_interval"),
+    )
     defaults = RetentionPolicy()
     policy = RetentionPolicy(
         max_lifetime_ms=section.get("max_lifetime", defaults.max_lifetime_ms, parse_duration),
         default_lifetime_ms=section.get(
             "default_lifetime", defaults.default_lifetime_ms, parse_duration
+        ),
+        daily_visits_max_age_ms=section.get(
+            "daily_visits_max_age", defaults.daily_visits_max_age_ms, _optional_duration
+        ),
+        daily_visits_purge_interval_ms=section.get(
+            "daily_visits_purge_interval", defaults.daily_visits_purge_interval_ms, parse_duration
         ),
     )
     if policy.default_lifetime_ms > policy.max_lifetime_ms:
@@ -453,6 +493,82 @@ def _parse_push(raw: object, path: str) -> PushPolicy:
     )
 
 
+def _idle_timeout(value: object, path: str) -> int | None:
+    if value is None or value is False:  # YAML's `off` and `false` read as False
+        return None
+    ms = parse_duration(value, path)
+    if ms < MIN_IDLE_TIMEOUT_MS:
+        raise GuardConfigError(
+            path,
+            f"must be at least 1h (or null to keep idle sessions), got {value!r}: a phone "
+            "that merely sleeps would be logged out",
+        )
+    return ms
+
+
+def _parse_sessions(raw: object, path: str) -> SessionsPolicy:
+    section = _Section(raw, path, ("idle_timeout", "sweep_interval"))
+    defaults = SessionsPolicy()
+    return SessionsPolicy(
+        idle_timeout_ms=section.get("idle_timeout", defaults.idle_timeout_ms, _idle_timeout),
+        sweep_interval_ms=section.get("sweep_interval", defaults.sweep_interval_ms, parse_duration),
+    )
+
+
+def _room(value: object, path: str) -> str:
+    # Room IDs of room version 12 carry no server name; an alias without one is this server's.
+    if not isinstance(value, str) or value[:1] not in ("!", "#") or len(value) < 2:
+        raise GuardConfigError(
+            path,
+            f"{value!r} is not a room ID or alias such as '!abc:example.org' or "
+            "'#admins:example.org' (or '#admins', on this server)",
+        )
+    return value
+
+
+_LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+
+
+def _local_user(value: object, path: str) -> str:
+    """A full user ID, or a localpart of this server (the caller qualifies it)."""
+    if isinstance(value, str) and _LOCALPART.match(value):
+        return value
+    return _user_id(value, path)
+
+
+def _parse_alerts(raw: object, path: str) -> AlertsConfig:
+    section = _Section(
+        raw,
+        path,
+        ("enabled", "secret_path", "room", "sender", "allow_cidrs", "notices_per_minute"),
+    )
+    defaults = AlertsConfig()
+    alerts = AlertsConfig(
+        enabled=section.get("enabled", False, _bool),
+        secret_path=section.get("secret_path", None, _optional_path),
+        room=section.get("room", None, _room),
+        sender=section.get("sender", None, _local_user),
+        allow_cidrs=section.get("allow_cidrs", (), _list_of(_cidr)),
+        notices_per_minute=section.get(
+            "notices_per_minute", defaults.notices_per_minute, _positive_int
+        ),
+    )
+    if alerts.enabled:
+        required = {
+            "secret_path": "the path of a file holding the bearer secret Alertmanager sends "
+            "(its credentials_file, at least 32 characters)",
+            "room": "the admins' room the notices go to ('!id', '#alias:server' or '#alias')",
+            "sender": "the local account the notices are sent as, e.g. 'alerts'",
+            "allow_cidrs": "the networks Alertmanager posts from, e.g. ['172.31.242.0/24']",
+        }
+        for key, what in required.items():
+            if not getattr(alerts, key):
+                raise GuardConfigError(
+                    section.key(key), f"is required when alerts.enabled is true: give {what}"
+                )
+    return alerts
+
+
 _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "registration": _parse_registration,
     "federation": _parse_federation,
@@ -464,6 +580,8 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "auth": _parse_auth,
     "lockdown": _parse_lockdown,
     "push": _parse_push,
+    "sessions": _parse_sessions,
+    "alerts": _parse_alerts,
 }
 
 

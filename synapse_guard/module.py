@@ -12,23 +12,25 @@ from typing import Any
 
 from synapse.module_api import ModuleApi
 
-from synapse_guard import compat, federation, registration, rooms
+from synapse_guard import compat, federation, metadata_purge, registration, rooms
+from synapse_guard.alerts import control as alerts
 from synapse_guard.compat import NOT_SPAM, Codes, RegistrationBehaviour
 from synapse_guard.config import GuardConfig, GuardConfigError, parse_guard_config
 from synapse_guard.events import EventFacts, decide_cleartext, decide_event
 from synapse_guard.gate import AddressJudge, RequestGate
 from synapse_guard.geoip import load_geoip_database
 from synapse_guard.lockdown import control as lockdown
+from synapse_guard.members import control as members
 from synapse_guard.network import compile_network_rules, decide_address
 from synapse_guard.push import control as push
 from synapse_guard.record import metrics
 from synapse_guard.record.audit import AuditTrail, Pseudonymizer, load_key
 from synapse_guard.record.reporting import Reporter
 from synapse_guard.retention_check import check_retention
-from synapse_guard.sweep import SessionSweeper
+from synapse_guard.sweep import SessionSweeper, install_idle_sweep
 from synapse_guard.synapse_config import SynapseConfigError, read_config
 from synapse_guard.totp import provider as totp
-from synapse_guard.verdict import Check, Reason, Verdict, deny
+from synapse_guard.verdict import ALLOW, Check, Reason, Verdict, deny
 
 logger = logging.getLogger("synapse_guard")
 
@@ -129,9 +131,19 @@ class Guard:
         )
         totp.install(api, config, self._report)
         push.install(api, config, self._report)
+        self._alerts = alerts.install(api, config)  # Alertmanager -> the admins' room
         self._lockdown = lockdown.install(api, config, self._report, self._check_endpoint_caller)
+        self._members = members.install(
+            api, config, self._report, self._lockdown, self._check_endpoint_caller
+        )
         # Every authenticated request: address, target server, lockdown (gate.py).
-        self._gate = RequestGate(config, self._server_name, self._report, addresses, self._lockdown)
+        self._gate = RequestGate(
+            config,
+            self._server_name,
+            self._report,
+            addresses,
+            members.Refusals(self._lockdown, self._members),
+        )
         compat.register_callbacks(
             api.register_account_validity_callbacks,
             "account validity",
@@ -157,6 +169,8 @@ class Guard:
                 desc="synapse_guard_session_sweep",
             )
             logger.info("session sweep runs on this process every %dms", network.sweep_interval_ms)
+        install_idle_sweep(api, config, self._report)  # sessions.idle_timeout (sweep.py)
+        metadata_purge.install(api, config)  # user_daily_visits (metadata_purge.py)
         logger.info(
             "synapse-guard loaded: registration=%s federation=%s encryption=%s join_rule<=%s "
             "history_visibility<=%s max_lifetime=%dms",
@@ -204,6 +218,8 @@ class Guard:
                 load_key(parsed.audit.pseudonym_key_path)  # refuse a missing or short key
             if parsed.auth.totp != "off":
                 totp.load_files(parsed.auth)  # refuse a missing or short secrets key
+            if parsed.alerts.enabled:
+                alerts.load_secret(parsed.alerts)  # refuse a missing or short bearer secret
             return parsed
         except GuardConfigError as e:
             # One path element: Synapse prints it after `modules.<item N>.config.` as it is,
@@ -248,8 +264,12 @@ class Guard:
             # (SSO, m.login.token, JWT, appservice).
             verdict = deny(Reason.TOTP_REQUIRED)
         self._report(Check.LOGIN, verdict, user=user_id, address=address)
-        # The lockdown's refusal counts, logs and audits itself.
-        if not verdict.allowed or await self._lockdown.refuse_login(user_id):
+        # The refusals of the lockdown and of a member lock count, log and audit themselves.
+        if (
+            not verdict.allowed
+            or await self._lockdown.refuse_login(user_id)
+            or await self._members.refuse_login(user_id)
+        ):
             # This runs only once the password was accepted: answered and counted as a wrong
             # password, so neither the body nor the start of 429s tells that it was right.
             await compat.count_failed_login(self._api, user_id)
@@ -370,6 +390,8 @@ class Guard:
         }
         facts = _facts_of(event)
         check, verdict = decide_event(self._config, self._server_name, facts, state)
+        if verdict.reason is Reason.UNENCRYPTED and self._alerts and self._alerts.own_notice(event):
+            verdict = ALLOW  # the guard's own alert notice (alerts/control.py explains)
         if not self._report(check, verdict, user=facts.sender).allowed:
             return False, None
         if facts.type == _TOMBSTONE and facts.state_key == "":

@@ -36,6 +36,8 @@ devices within a sweep interval, that is about 20,000 rows: tens of milliseconds
 time and about 40 ms of CPU every `sweep_interval`, on the background-tasks process only.
 Plus one indexed query per session logged out, and, after a restart or a new GeoIP database,
 one read of the whole table (kept `user_ips_max_age`: 3 days in homeserver.d).
+
+Also here, at the end: which sessions are idle (`sessions.idle_timeout`), purely.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Any
 
 import attrs
 
-from synapse_guard.verdict import Reason, Verdict, deny
+from synapse_guard.verdict import ALLOW, Reason, Verdict, deny
 
 # Rows reach the table up to 5 s after the request (Synapse's batch), so each sweep re-reads
 # a margin before the newest row it has already seen.
@@ -255,3 +257,88 @@ def select_session_tokens(txn: Any, session: Session) -> list[str]:
         (session.user_id, session.device_id),
     )
     return [str(token) for (token,) in txn.fetchall()]
+
+
+# -- idle sessions ---------------------------------------------------------------------------
+#
+# `sessions.idle_timeout`: a session nobody used for that long (a phone lost in a drawer, or
+# seized and kept offline) is logged out, by a sweep on the background-tasks process.
+#
+# - **What "used" means.** A device's last use is the newer of `devices.last_seen` (Synapse
+#   writes it from the same batches as `user_ips`, at most every few minutes per session,
+#   and keeps it after `user_ips` rows expire) and the newest `last_validated` of its access
+#   tokens (set when a token is created: at login and at each `/refresh`, which Synapse does
+#   not record in `user_ips`). A device never used after its login is judged by its login.
+# - **What a session is.** A device that holds an access token. Hidden devices
+#   (cross-signing keys) and devices without a token (a dehydrated device, which holds keys
+#   for its owner and cannot authenticate) are not sessions. A "login as" token without a
+#   device has no last use Synapse keeps beyond `user_ips_max_age`: it is not judged here.
+# - **Cost.** One query per sweep: a scan of `devices` (Synapse has no index on `last_seen`;
+#   the guard adds none to Synapse's tables) with an indexed lookup into `access_tokens`
+#   (user_id, device_id) for each device older than the cutoff, returning only idle ones, at
+#   most `IDLE_BATCH` at a time. bench/bench_idle.py measures it at 10,000 users x 2 devices.
+
+IDLE_BATCH = 500  # sessions read, and logged out, per query
+
+
+@attrs.frozen(slots=True)
+class DeviceUse:
+    """What the database says of a device's last use (None: never written)."""
+
+    user_id: str = attrs.field(repr=False)
+    device_id: str = attrs.field(repr=False)
+    last_seen: int | None
+    token_validated: int | None  # the newest access token's `last_validated`
+
+    @property
+    def last_used(self) -> int:
+        return max(self.last_seen or 0, self.token_validated or 0)
+
+
+def idle_cutoff(now_ms: int, timeout_ms: int) -> int:
+    """Sessions last used before this moment are idle."""
+    return now_ms - timeout_ms
+
+
+def decide_idle(use: DeviceUse, now_ms: int, timeout_ms: int) -> Verdict:
+    """Idle (refused) if neither a request nor a token is newer than the timeout."""
+    if use.last_used < idle_cutoff(now_ms, timeout_ms):
+        return deny(Reason.IDLE)
+    return ALLOW
+
+
+def select_idle(uses: Iterable[DeviceUse], now_ms: int, timeout_ms: int) -> dict[str, list[str]]:
+    """The idle devices of each user (the users in the order first met), to log out."""
+    idle: dict[str, list[str]] = {}
+    cutoff = idle_cutoff(now_ms, timeout_ms)
+    for use in uses:
+        if use.last_used < cutoff:
+            idle.setdefault(use.user_id, []).append(use.device_id)
+    return idle
+
+
+# The query filters as `decide_idle` does, so that it returns only idle sessions; the pure
+# decision is applied to what it returns all the same.
+IDLE_SQL = """
+    SELECT d.user_id, d.device_id, d.last_seen, MAX(t.last_validated)
+    FROM devices AS d
+    JOIN access_tokens AS t ON t.user_id = d.user_id AND t.device_id = d.device_id
+    WHERE d.hidden = ? AND (d.last_seen IS NULL OR d.last_seen < ?)
+    GROUP BY d.user_id, d.device_id, d.last_seen
+    HAVING MAX(COALESCE(t.last_validated, 0)) < ?
+    LIMIT ?
+"""
+
+
+def select_idle_candidates(txn: Any, cutoff: int, limit: int = IDLE_BATCH) -> list[DeviceUse]:
+    """Runs inside `ModuleApi.run_db_interaction` (SQLite and PostgreSQL alike)."""
+    txn.execute(IDLE_SQL, (False, cutoff, cutoff, limit))
+    return [
+        DeviceUse(
+            user_id=str(user_id),
+            device_id=str(device_id),
+            last_seen=None if seen is None else int(seen),
+            token_validated=None if validated is None else int(validated),
+        )
+        for user_id, device_id, seen, validated in txn.fetchall()
+    ]

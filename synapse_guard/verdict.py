@@ -56,6 +56,8 @@ class Reason(str, enum.Enum):
     TOTP_REQUIRED = "totp_required"
     PUSH_GATEWAY = "push_gateway"  # a pusher whose URL is not an allowed gateway
     PUSH_FORMAT = "push_format"  # require_event_id_only, and the pusher asked for more
+    IDLE = "idle"  # a session nobody used for sessions.idle_timeout
+    MEMBER_LOCKED = "member_locked"  # `synapse-guard member lock`: a lost or seized phone
 
 
 @attrs.frozen(slots=True)

@@ -5,6 +5,7 @@
     synapse-guard lockdown on|off|status --url URL --token-file FILE [--revoke-sessions]
     synapse-guard checkin --url URL --token-file FILE
     synapse-guard totp enroll|reset|set-password --url URL --token-file FILE --user @u:server
+    synapse-guard member lock|unlock|remove @u:server --url URL --token-file FILE
 
 `-c` takes Synapse's config paths, as many as Synapse is given, in the same order.
 
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from synapse_guard import __version__
+from synapse_guard.cli import member as member_cli
 from synapse_guard.cli import totp as totp_cli
 from synapse_guard.cli.lockdown import (
     CHECKIN_PATH,
@@ -178,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         "from a file. Exit 0 on success, 1 if the server refused or cannot be reached.",
     )
     totp_cli.add_arguments(totp)
+
+    member = commands.add_parser(
+        "member",
+        help="lock a member (lost phone), unlock, or remove them (server admins)",
+        description="A member's account over the guard's endpoints on the server "
+        "(/_synapse/client/synapse_guard/member/...), with a server admin's access token read "
+        "from a file. Exit 0 on success, 1 if the server refused or cannot be reached.",
+    )
+    member_cli.add_arguments(member)
     return parser
 
 

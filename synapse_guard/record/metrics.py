@@ -85,6 +85,44 @@ LOCKDOWN_SESSIONS_REVOKED = Counter(
     "Sessions logged out when a lockdown was switched on with revoke_sessions",
 )
 
+MEMBER_ACTIONS = Counter(
+    "synapse_guard_member_actions_total",
+    "Admin actions on a member's account (synapse-guard member lock, unlock, remove)",
+    ["action"],
+)
+for _action in ("lock", "unlock", "remove"):
+    MEMBER_ACTIONS.labels(action=_action)
+
+ALERT_OUTCOMES = (
+    "posted",  # a notice is in the admins' room
+    "rate_limited",  # counted into the next notice instead (alerts.notices_per_minute)
+    "address_refused",  # not from alerts.allow_cidrs
+    "unauthenticated",  # no bearer secret, or a wrong one
+    "malformed",  # not an Alertmanager webhook, or too large
+    "failed",  # the room could not be posted to (Alertmanager retries)
+)
+ALERTS_DELIVERED = Counter(
+    "synapse_guard_alerts_delivered_total",
+    "Alertmanager deliveries to the guard's alerts endpoint, by outcome",
+    ["outcome"],
+)
+for _outcome in ALERT_OUTCOMES:
+    ALERTS_DELIVERED.labels(outcome=_outcome)
+
+# The metadata purge (metadata_purge.py); `table` is a table name of Synapse's, never a row.
+METADATA_PURGED_ROWS = Counter(
+    "synapse_guard_metadata_purged_rows_total",
+    "Rows of Synapse's activity metadata deleted by the guard's purge, by table",
+    ["table"],
+)
+METADATA_PURGE_FAILURES = Counter(
+    "synapse_guard_metadata_purge_failures_total",
+    "Purge runs that failed (retried at the next run), by table",
+    ["table"],
+)
+METADATA_PURGED_ROWS.labels(table="user_daily_visits")
+METADATA_PURGE_FAILURES.labels(table="user_daily_visits")
+
 
 def record(check: Check, verdict: Verdict) -> None:
     DECISIONS.labels(check=check.value, outcome=verdict.outcome, reason=verdict.reason.value).inc()

@@ -18,11 +18,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import synapse
 from synapse.logging.context import current_context
 from synapse.module_api import DirectServeJsonResource, ModuleApi
 
 from synapse_guard import schema
-from synapse_guard.compat import Codes, ConfigError, SynapseError
+from synapse_guard.compat import (
+    Codes,
+    ConfigError,
+    SynapseError,
+    first_cross_signing_without_uia,
+)
 from synapse_guard.config import AuthConfig, GuardConfig, GuardConfigError
 from synapse_guard.record.reporting import Reporter
 from synapse_guard.request_body import RequestError, parse_object, read_limited
@@ -70,6 +76,7 @@ def install(api: ModuleApi, config: GuardConfig, report: Reporter) -> None:
         # Raised from Guard.__init__, Synapse prints the message without the key: keep it in.
         raise ConfigError(str(e)) from None
     _check_synapse_settings(api, pepper)
+    _first_run_without_replay(api, config.auth)
     factor = SecondFactor(api, config.auth, report, cipher, pepper)
     # Since Synapse 1.46, so in every supported version: no compat shim needed.
     api.register_password_auth_provider_callbacks(
@@ -85,6 +92,7 @@ def install(api: ModuleApi, config: GuardConfig, report: Reporter) -> None:
         ("password", factor.set_password),
     ):
         api.register_web_resource(f"{RESOURCE_PREFIX}/{action}", AdminAction(api, handler))
+    _allow_password_changes(api, report)
 
 
 def load_files(config: AuthConfig) -> tuple[SecretCipher, str]:
@@ -198,6 +206,94 @@ def _check_synapse_settings(api: ModuleApi, pepper: str) -> None:
             "and name it here",
             path=["auth", "password_pepper_path"],
         )
+
+
+def _first_run_without_replay(api: ModuleApi, config: AuthConfig) -> None:
+    """Let Element's first run set up cross-signing: see `first_cross_signing_without_uia`.
+
+    Right after login, Element uploads its first cross-signing keys and answers the UIA with
+    the password + code it logged in with. Refused as a replay, the member would be left
+    without cross-signing or key backup. No UIA for a first upload (Synapse's own rule from
+    1.110.0) keeps every code single-use, UIA included.
+    """
+    done = first_cross_signing_without_uia(api)
+    if done:
+        return
+    if done is None:
+        logger.warning(
+            "cannot read Synapse's config: on Synapse < 1.110 set experimental_features: "
+            "msc3967_enabled: true, or members cannot set up cross-signing on first sign-in"
+        )
+        return
+    cannot = (
+        f"Synapse {synapse.__version__} cannot upload a first cross-signing key without "
+        "UIA (1.110.0 does; MSC3967)"
+    )
+    if config.totp == "required":
+        raise ConfigError(
+            f"{cannot}: with auth.totp required no member could set up cross-signing on "
+            "first sign-in; upgrade Synapse",
+            path=["auth", "totp"],
+        )
+    logger.warning("%s: enrolled members cannot set up cross-signing on first sign-in", cannot)
+
+
+def _allow_password_changes(api: ModuleApi, report: Reporter) -> None:
+    """Let members change their own password (`POST /account/password`) under auth.totp.
+
+    Synapse allows a change only when it checks passwords itself:
+    `AuthHandler.can_change_password()` is `password_config.enabled and localdb_enabled`
+    (read in 1.100.0 and 1.163.2), and both the change (`SetPasswordHandler.set_password`,
+    403 "Password change disabled") and the capability `m.change_password` ask it. auth.totp
+    needs `localdb_enabled: false`, so the guard answers that question instead. What keeps the
+    second factor: the change's UIA step is an `m.login.password` step, which only
+    `check_password_login` answers (password + a fresh code, replays refused, failures
+    counted). The servlet checks the new password against `password_config.policy` before
+    UIA, and `AuthHandler.hash` makes the hash the guard checks (pepper, bcrypt_rounds).
+
+    Private objects (`_auth_handler`, `_hs`): if they are not there, changes stay disabled
+    and this says so once. On 1.100 only the main process has a SetPasswordHandler; workers
+    change no passwords (the servlet is main-only), they only answer the capability.
+    """
+    auth_handler: Any = getattr(api, "_auth_handler", None)
+    enabled = getattr(auth_handler, "_password_enabled_for_login", None)
+    on_worker = isinstance(api.worker_app, str)
+    setter: Any = None
+    if not on_worker:  # the main process, where passwords are changed
+        get_setter = getattr(getattr(api, "_hs", None), "get_set_password_handler", None)
+        setter = get_setter() if callable(get_setter) else None
+    original: Any = getattr(setter, "set_password", None)
+    if not isinstance(enabled, bool) or not (on_worker or callable(original)):
+        logger.warning(
+            "cannot reach Synapse's password change: under auth.totp members cannot change "
+            "their password (an admin can: synapse-guard totp set-password)"
+        )
+        return
+    if not enabled:
+        return  # password_config.enabled: false, nobody has a password to change
+
+    async def set_password(
+        user_id: str, password_hash: str, logout_devices: bool, requester: Any = None
+    ) -> None:
+        if requester is None:
+            # The e-mail reset (no access token) would replace password + code by a mailbox.
+            raise SynapseError(
+                403, "Password reset by e-mail is disabled: ask an admin", Codes.FORBIDDEN
+            )
+        # Every other session is logged out, whatever the client asked: a change is often
+        # the answer to a password that leaked.
+        await original(user_id, password_hash, True, requester)
+        own = requester.user.to_string() == user_id
+        report.audit(
+            Check.LOGIN, ALLOW, user=user_id, event="password_changed" if own else "password_set"
+        )
+        logger.info(
+            "totp: %s", "a member changed their password" if own else "an admin set a password"
+        )
+
+    if not on_worker:
+        setter.set_password = set_password
+    auth_handler.can_change_password = lambda: True
 
 
 def _bcrypt_rounds(api: ModuleApi) -> int:

@@ -43,6 +43,8 @@ ABROAD = "192.0.2.1"  # refused
 LOCKDOWN = "/_synapse/client/synapse_guard/lockdown"
 ENROLL = "/_synapse/client/synapse_guard/totp/enroll"
 WHOAMI = "/_matrix/client/v3/account/whoami"
+MEMBER_LOCK = "/_synapse/client/synapse_guard/member/lock"
+MEMBER_UNLOCK = "/_synapse/client/synapse_guard/member/unlock"
 BREAKGLASS = "breakglass"
 SWEEP_S = 2
 MAX_FAILURES = 3
@@ -62,6 +64,8 @@ EXPECTED_WARNINGS = (
     "lockdown switched on",
     "lockdown switched off",
     "lockdown: logged out",
+    "member locked:",
+    "member unlocked",
     "cannot refuse a pusher before Synapse stores it",
     "that layer of the guard is inactive on this version",
 )
@@ -80,6 +84,8 @@ def guard_config(key: Path, revoke_sessions: bool = LOGOUT_ON_WORKERS) -> dict[s
         },
         "auth": {"totp": "optional", "secrets_key_path": str(key), "max_failures": MAX_FAILURES},
         "lockdown": {"exempt_users": [f"@{BREAKGLASS}:guard.test"]},
+        # Before 1.135 a background worker cannot log idle sessions out either.
+        "sessions": {"idle_timeout": "30d" if revoke_sessions else None, "sweep_interval": "2s"},
     }
 
 
@@ -368,6 +374,70 @@ def test_revoke_sessions_on_a_worker(deployment: WorkerDeployment, breakglass: s
         assert admin.request("POST", LOCKDOWN, {"locked": False})[0] == 200
     expected = 401 if LOGOUT_ON_WORKERS else 200
     wait_for(lambda: victim.request("GET", WHOAMI)[0] == expected, LOCKDOWN_BOUND_S)
+
+
+def test_a_member_lock_holds_on_every_process(
+    deployment: WorkerDeployment, breakglass: str
+) -> None:
+    """`member lock` sent to a worker (from 1.135; the main process before) logs the member
+    out and refuses their login on every process within the cache's bound; unlocked, they
+    log in anywhere again. Before 1.135 a worker answers 400 before locking anything."""
+    localpart, phone = member(deployment.clients[0], "lost-phone")
+    user_id = deployment.main.user_id(localpart)
+    if not LOGOUT_ON_WORKERS:
+        worker_admin = on(deployment.clients[1], breakglass)
+        status, body = worker_admin.request("POST", MEMBER_LOCK, {"user_id": user_id})
+        assert status == 400, body
+        assert "main process" in body["error"]
+    admin = on(deployment.clients[1] if LOGOUT_ON_WORKERS else deployment.main, breakglass)
+    status, body = admin.request("POST", MEMBER_LOCK, {"user_id": user_id})
+    assert status == 200, body
+    assert body["revoked_sessions"] >= 1
+    try:
+        assert phone.request("GET", WHOAMI)[0] in (401, 403)
+
+        def refused_everywhere() -> bool:
+            return all(
+                server.client().login(localpart, PASSWORD, headers=from_(HOME))[0] == 403
+                for server in (deployment.main, *deployment.clients)
+            )
+
+        wait_for(refused_everywhere, LOCKDOWN_BOUND_S, step=0.5)
+    finally:
+        status, body = admin.request("POST", MEMBER_UNLOCK, {"user_id": user_id})
+        assert status == 200, body
+    wait_for(
+        lambda: (
+            deployment.clients[0].client().login(localpart, PASSWORD, headers=from_(HOME))[0] == 200
+        ),
+        LOCKDOWN_BOUND_S,
+        step=0.5,
+    )
+
+
+@pytest.mark.skipif(not LOGOUT_ON_WORKERS, reason="before 1.135 only the main process can")
+def test_the_idle_sweep_on_the_background_worker_logs_out_an_idle_session(
+    deployment: WorkerDeployment, postgres: PostgresCluster
+) -> None:
+    """A session unused for 40 days (its device's last use set back in the database) is
+    logged out by the background worker's idle sweep; its token stops working everywhere."""
+    _, drawer = member(deployment.clients[0], "drawer")
+    assert deployment.main.database is not None
+    database = deployment.main.database["args"]["database"]
+    long_ago = int(time.time() * 1000) - 40 * 24 * 3600 * 1000
+    device = f"'{drawer.device_id}'"
+    postgres.psql(database, f"UPDATE devices SET last_seen = {long_ago} WHERE device_id = {device}")
+    postgres.psql(
+        database, f"UPDATE access_tokens SET last_validated = {long_ago} WHERE device_id = {device}"
+    )
+    # Watched in the database: a request would record a new use.
+    wait_for(
+        lambda: postgres.psql(database, f"SELECT 1 FROM devices WHERE device_id = {device}") == "",
+        4 * SWEEP_S + 2,
+        step=0.5,
+    )
+    for server in (deployment.main, *deployment.clients):
+        assert on(server, str(drawer.token)).request("GET", WHOAMI)[0] == 401
 
 
 @pytest.mark.skipif(

@@ -321,7 +321,7 @@ FAILURES: list[tuple[str, dict[str, Any], str, str]] = [
         {"room": {}},
         "room",
         "unknown key; known keys here: registration, federation, rooms, retention, network, "
-        "metrics, audit, auth, lockdown, push",
+        "metrics, audit, auth, lockdown, push, sessions, alerts",
     ),
     (
         "unknown registration key",
@@ -346,7 +346,8 @@ FAILURES: list[tuple[str, dict[str, Any], str, str]] = [
         "unknown retention key",
         {"retention": {"min_lifetime": "1d"}},
         "retention.min_lifetime",
-        "unknown key; known keys here: max_lifetime, default_lifetime",
+        "unknown key; known keys here: max_lifetime, default_lifetime, daily_visits_max_age, "
+        "daily_visits_purge_interval",
     ),
     (
         "unknown network key",
@@ -573,10 +574,7 @@ def test_a_malformed_cidr_names_its_index_without_a_suggestion(cidr: str) -> Non
 @given(
     st.dictionaries(
         st.text(min_size=1, max_size=10).filter(
-            lambda key: (
-                key
-                not in {"registration", "federation", "rooms", "retention", "network", "metrics"}
-            )
+            lambda key: key not in GuardConfig.__annotations__  # every section's name
         ),
         st.none(),
         min_size=1,

@@ -145,7 +145,10 @@ def test_an_old_synapse_starts_where_the_sweep_does_not_run_or_can_log_out() -> 
         create_module(SWEEPING, api=idle)  # a client worker: no sweep here
         create_module(SWEEPING, api=worker_api("1.134.0", None))  # the main process
         create_module(
-            {"network": {**SWEEPING["network"], "revoke_sessions": False}},
+            {
+                "network": {**SWEEPING["network"], "revoke_sessions": False},
+                "sessions": {"idle_timeout": None},  # the idle sweep logs out too
+            },
             api=worker_api("1.134.0"),
         )
 

@@ -40,7 +40,7 @@ def test_the_repository_config_passes(conf: Path, capsys: pytest.CaptureFixture[
     assert (status, err) == (0, "")
     assert out == (
         "OK: Synapse purges messages, media, redactions, forgotten rooms and client IPs within "
-        "retention.max_lifetime (15d); 9 files read\n"
+        "retention.max_lifetime (15d); 10 files read\n"
     )
 
 

@@ -263,7 +263,7 @@ def test_install_registers_the_callback_the_resources_and_the_switch() -> None:
     module, api, _ = guard_with_lockdown(deadman_interval="3s")
     assert "is_user_expired" in module.callbacks
     paths = [call.args[0] for call in api.register_web_resource.call_args_list]
-    assert paths == [LOCKDOWN_PATH, CHECKIN_PATH]
+    assert {LOCKDOWN_PATH, CHECKIN_PATH} <= set(paths)  # beside the member endpoints
     descs = [call.kwargs.get("desc") for call in api.looping_background_call.call_args_list]
     assert "synapse_guard_deadman" in descs
 
@@ -316,6 +316,7 @@ def test_the_state_is_read_at_most_once_per_ttl() -> None:
     for _ in range(20):
         asyncio.run(expired(ALICE))
     descs = [call.args[0] for call in api.run_db_interaction.call_args_list]
+    descs = [desc for desc in descs if "lockdown" in desc]  # the member locks: their own cache
     assert descs == ["synapse_guard_lockdown_create", "synapse_guard_lockdown_read"]
 
 

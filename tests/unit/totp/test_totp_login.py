@@ -74,6 +74,7 @@ def synapse_api(database: FakeDatabase, localdb: bool = False, pepper: str = "")
     api._hs.config.auth.password_localdb_enabled = localdb
     api._hs.config.auth.password_pepper = pepper
     api._hs.config.registration.bcrypt_rounds = 4
+    api._hs.config.experimental.msc3967_enabled = False  # Synapse < 1.110 has this switch
     api.run_db_interaction.side_effect = database.run
     api.defer_to_thread.side_effect = in_thread
     api.get_qualified_user_id.side_effect = lambda localpart: f"@{localpart}:test.local"
