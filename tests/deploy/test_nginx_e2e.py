@@ -31,6 +31,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from synapse_guard.compat import synapse_version
 from tests.deploy.test_nginx_static import (
     ELEMENT_CONFIG,
     ELEMENT_DOMAIN,
@@ -52,6 +53,7 @@ from tests.integration.harness import (
     stop_gracefully,
     wait_until_listening,
 )
+from tests.integration.test_element_x import NATIVE_SLIDING_SYNC_SINCE, ROOM_LIST, SLIDING_SYNC
 
 ACCEPTED = "127.0.0.2"
 DENIED = "127.0.0.3"  # in deny_cidrs (and in allow_cidrs: deny wins)
@@ -390,6 +392,13 @@ def test_hsts_on_every_response(edge: Edge) -> None:
         "/.well-known/matrix/server",
         "/_synapse/metrics",
         "/health",
+        # The guard's alerts endpoint, for Alertmanager on the monitoring network only,
+        # however the path is spelled.
+        "/_synapse/client/synapse_guard/alerts",
+        "/_synapse/client/synapse_guard/alerts/",
+        "//_synapse/client//synapse_guard/alerts",
+        "/_synapse/client/synapse_guard/%61lerts",
+        "/_synapse/client/synapse_guard/./alerts",
     ],
 )
 def test_federation_and_unpublished_paths_are_404(edge: Edge, path: str) -> None:
@@ -545,6 +554,46 @@ def test_admin_api_only_from_the_admin_range(
         assert is_nginx_page(refused)
     finally:
         other.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Element X: discovery, then its first calls through nginx
+
+
+def test_element_x_discovers_the_server_and_syncs_through_nginx(
+    edge: Edge, synapse: SynapseServer
+) -> None:
+    discovery = edge.request(ACCEPTED, "GET", "/.well-known/matrix/client")
+    assert discovery.status == 200, discovery.body
+    assert discovery.header("Content-Type") == "application/json"
+    assert discovery.header("Access-Control-Allow-Origin") == "*"
+    assert "max-age=63072000" in discovery.header("Strict-Transport-Security")
+    assert discovery.header("X-Content-Type-Options") == "nosniff"
+    base_url = discovery.json()["m.homeserver"]["base_url"]
+    assert base_url == f"https://{MATRIX_DOMAIN}"
+    # Refused addresses are not even told where the homeserver is.
+    refused = edge.request(DENIED, "GET", "/.well-known/matrix/client")
+    assert refused.status == 403
+    assert is_nginx_page(refused)
+
+    versions = edge.request(ACCEPTED, "GET", "/_matrix/client/versions")
+    assert versions.status == 200
+    native = synapse_version() >= NATIVE_SLIDING_SYNC_SINCE
+    assert (
+        versions.json()["unstable_features"].get("org.matrix.simplified_msc3575", False) is native
+    )
+    login = edge.login(ACCEPTED, synapse.new_account("elementx"))
+    assert login.status == 200, login.body
+    token = login.json()["access_token"]
+    if not native:
+        return  # Element X cannot sync with this Synapse (tests/integration/test_element_x.py)
+    path = f"{SLIDING_SYNC}?timeout=0"
+    sync = edge.request(ACCEPTED, "POST", path, body=ROOM_LIST, token=token)
+    assert sync.status == 200, sync.body
+    assert sync.json()["pos"]
+    stolen = edge.request(NOT_ALLOWED, "POST", path, body=ROOM_LIST, token=token)
+    assert stolen.status == 403
+    assert is_nginx_page(stolen)  # refused at the edge, before Synapse
 
 
 # --------------------------------------------------------------------------------------------

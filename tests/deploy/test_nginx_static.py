@@ -34,6 +34,7 @@ from tests.integration.harness import HOMESERVER_D, REPO, guard_config_from_frag
 NGINX_DIR = REPO / "deploy" / "nginx"
 MAIN_CONF = NGINX_DIR / "nginx.conf"
 TEMPLATE = NGINX_DIR / "conf.d" / "matrix.conf"  # /etc/nginx/templates/matrix.conf.template
+API_INCLUDE = NGINX_DIR / "matrix-api.conf"  # /etc/nginx/matrix-api.conf, as is
 ELEMENT_CONFIG = REPO / "deploy" / "element" / "config.json"
 
 MATRIX_DOMAIN = "matrix.test"
@@ -224,7 +225,13 @@ def render_site(
         assert count, f"no `listen {port}` in {TEMPLATE}"
     matrix = _move_paths(matrix, root)
 
-    site.files = {"/etc/nginx/nginx.conf": main, "/etc/nginx/conf.d/matrix.conf": matrix}
+    # The client API's locations, included by matrix.conf (and onion.conf): no placeholders.
+    api = _move_paths(API_INCLUDE.read_text(), root)
+    site.files = {
+        "/etc/nginx/nginx.conf": main,
+        "/etc/nginx/conf.d/matrix.conf": matrix,
+        "/etc/nginx/matrix-api.conf": api,
+    }
     for path, text in site.files.items():
         site.host_path(path).parent.mkdir(parents=True, exist_ok=True)
         site.host_path(path).write_text(text)
@@ -539,9 +546,26 @@ def test_federation_and_discovery_are_closed(tree: list[Directive]) -> None:
         ("^~", "/_matrix/federation/"),
         ("^~", "/_matrix/key/"),
         ("=", "/.well-known/matrix/server"),
+        ("^~", "/_synapse/client/synapse_guard/alerts"),  # Alertmanager's, internal only
         ("/",),
     ):
         assert locations[key].children("return")[0].args == ["404"], key
+
+
+def test_client_discovery_names_only_this_homeserver(tree: list[Directive]) -> None:
+    matrix = server_named(tree, MATRIX_DOMAIN)
+    locations = {tuple(d.args): d for d in matrix.children("location")}
+    discovery = locations[("=", "/.well-known/matrix/client")]
+    guard, answer = [d for d in discovery.block or [] if d.name in ("if", "return")]
+    assert guard.args == ["($synapse_guard_refused)"]
+    assert [(d.name, d.args) for d in guard.block or []] == [("return", ["403"])]
+    assert answer.args[0] == "200"
+    # Only the homeserver's URL: no identity server, no sliding sync proxy.
+    assert json.loads(answer.args[1]) == {"m.homeserver": {"base_url": f"https://{MATRIX_DOMAIN}"}}
+    assert discovery.children("default_type")[0].args == ["application/json"]
+    headers = {d.args[0]: d.args[1] for d in discovery.children("add_header")}
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    assert set(header_names(discovery)) >= set(header_names(matrix))
 
 
 def test_admin_api_only_from_the_vpn_and_loopback(tree: list[Directive]) -> None:

@@ -163,7 +163,7 @@ def script_env(root: Path, postgres: PostgresCluster, database: str) -> dict[str
         DATA_ROOT=str(root),
         SYNAPSE_DATA=str(root / "synapse"),
         SYNAPSE_DATA_IN=str(root / "synapse"),
-        SECRETS_DIR=str(root / "secrets"),
+        KEYS_DIR=str(root / "secrets"),
         SECRETS_IN=str(root / "secrets"),
         BACKUP_DIR=str(root / "backups"),
         TEXTFILE_DIR=str(root / "textfile"),

@@ -79,7 +79,7 @@ def tls_cluster() -> Iterator[TlsCluster]:
             env={
                 **os.environ,
                 "DATA_ROOT": str(cluster.root),
-                "SECRETS_DIR": str(tls.secrets),
+                "KEYS_DIR": str(tls.secrets),
                 "POSTGRES_UID": str(postgres_uid),
             },
         )

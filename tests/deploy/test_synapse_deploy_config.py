@@ -55,7 +55,7 @@ def test_no_federation_resource(merged: Any) -> None:
         assert listener["type"] in ("http", "metrics")
         for resource in listener.get("resources", []):
             assert "federation" not in resource["names"]
-            assert set(resource["names"]) <= {"client"}
+            assert set(resource["names"]) <= {"client", "health"}
 
 
 def test_binds_loopback_or_compose_internal_addresses_only(merged: Any) -> None:
@@ -67,8 +67,7 @@ def test_binds_loopback_or_compose_internal_addresses_only(merged: Any) -> None:
 
 
 def test_client_listener_on_the_frontend_network_for_nginx(merged: Any) -> None:
-    (client,) = [x for x in merged.values["listeners"] if x["type"] == "http"]
-    assert client["port"] == 8008
+    (client,) = [x for x in merged.values["listeners"] if x["type"] == "http" and x["port"] == 8008]
     assert client["x_forwarded"] is True
     assert client["tls"] is False
     binds = [ipaddress.ip_address(b) for b in client["bind_addresses"]]
@@ -86,6 +85,19 @@ def test_metrics_listener_only_on_the_monitoring_network(merged: Any) -> None:
     assert metrics["bind_addresses"] == [synapse_monitoring]
     assert ipaddress.ip_address(synapse_monitoring) in subnet_of("monitoring")
     assert merged.values["enable_metrics"] is True
+
+
+def test_alerts_listener_only_for_alertmanager_on_the_monitoring_network(merged: Any) -> None:
+    (alerts,) = [x for x in merged.values["listeners"] if x["port"] == 8009]
+    synapse_monitoring = COMPOSE["services"]["synapse"]["networks"]["monitoring"]["ipv4_address"]
+    assert alerts["bind_addresses"] == [synapse_monitoring]
+    # The connection's own address (Alertmanager's), never a header's; no client API.
+    assert alerts["x_forwarded"] is False
+    assert [r["names"] for r in alerts["resources"]] == [["health"]]
+    guard = guard_entry(merged).config.alerts
+    alertmanager = COMPOSE["services"]["alertmanager"]["networks"]["monitoring"]["ipv4_address"]
+    assert [str(n) for n in guard.allow_cidrs] == [f"{alertmanager}/32"]
+    assert guard.secret_path == "/run/secrets/alerts_secret"
 
 
 def test_database_is_postgres_over_verified_tls(merged: Any) -> None:
@@ -149,6 +161,7 @@ def test_one_guard_entry_identical_to_homeserver_d_except_audit(merged: Any) -> 
     expected = copy.deepcopy(expected)
     audit = deployed["config"].pop("audit")
     expected["config"].pop("audit")
+    deployed["config"].pop("alerts")  # the compose stack's Alertmanager (deploy/alertmanager/)
     assert deployed == expected
     assert audit["enabled"] is True
     assert audit["pseudonym_key_path"].startswith("/run/secrets/")

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 import requests
 
@@ -22,6 +25,9 @@ RUN = os.environ.get("STACK_TEST_RUN")
 MATRIX = "https://matrix.stack.test"
 ELEMENT = "https://chat.stack.test"
 SERVER_NAME = "stack.test"
+# Where VPN clients appear to nginx (.env.example): scripts/stack-test makes it the admin range.
+VPN_CLIENT = "172.31.243.2"
+NGINX_ON_VPN = "172.31.243.10"
 
 
 # Outside the script only test_health.py is collected, and skipped with the reason: one line
@@ -33,8 +39,18 @@ collect_ignore = (
 )
 
 
+# The tests that break things, last and in this order: the faults (the stack comes back), the
+# restore drill (replaces the database), the migration (the stack moves for good).
+DESTRUCTIVE = ("test_faults.py", "test_restore.py", "test_migrate.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if RUN:
+        items.sort(
+            key=lambda item: (
+                DESTRUCTIVE.index(item.path.name) + 1 if item.path.name in DESTRUCTIVE else 0
+            )
+        )
         return
     # This hook sees every collected test, not only this folder's: mark only the stack tests.
     skip = pytest.mark.skip(reason="needs the running compose stack: run scripts/stack-test")
@@ -73,9 +89,11 @@ class Stack:
         return done.stdout
 
     def docker(
-        self, *args: str, check: bool = True, timeout: int = 120
+        self, *args: str, check: bool = True, timeout: int = 120, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            ["docker", *args], capture_output=True, text=True, timeout=timeout, input=input
+        )
         if check and done.returncode != 0:
             raise AssertionError(
                 f"docker {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}"
@@ -99,6 +117,49 @@ class Stack:
         if user is not None:
             args += ["-u", user]
         return self.docker(*args, self.container(service), *cmd, check=False)
+
+    def admin_laptop(
+        self, *args: str, token: str, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`synapse-guard ARGS --url ... --token-file ...` from the admin's laptop on the VPN.
+
+        The laptop is a container of the guard's image on the `vpn` network, at the address VPN
+        clients have (the admin range), reaching nginx only, as the operator's pip-installed
+        command would; the admin's token is a file, as the docs say."""
+        with tempfile.TemporaryDirectory() as folder:
+            os.chmod(folder, 0o755)
+            token_file = Path(folder) / "admin.token"
+            token_file.write_text(token)
+            token_file.chmod(0o444)
+            return self.docker(
+                "run", "--rm", "-i", "--network", f"{self.project}_vpn", "--ip", VPN_CLIENT,
+                "--add-host", f"matrix.stack.test:{NGINX_ON_VPN}",
+                "-v", f"{self.ca}:/etc/ssl/stack-ca.pem:ro",
+                "-e", "SSL_CERT_FILE=/etc/ssl/stack-ca.pem",
+                "-v", f"{folder}:/in:ro", "--entrypoint", "synapse-guard",
+                self.inspect("synapse")["Config"]["Image"],
+                *args, "--url", MATRIX, "--token-file", "/in/admin.token",
+                check=False, input=input,
+            )  # fmt: skip
+
+    def client_on_vpn(
+        self, address: str, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One HTTPS request to nginx from another address on the `vpn` network (a member's
+        phone on the VPN): its own address, so its own login rate-limit bucket."""
+        args = ["-sS", "-X", method, "-w", "\n%{http_code}", "--max-time", "30"]
+        if body is not None:
+            args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+        done = self.docker(
+            "run", "--rm", "-i", "--network", f"{self.project}_vpn", "--ip", address,
+            "--add-host", f"matrix.stack.test:{NGINX_ON_VPN}",
+            "-v", f"{self.ca}:/etc/ssl/stack-ca.pem:ro", "--entrypoint", "curl",
+            self.inspect("synapse")["Config"]["Image"],
+            "--cacert", "/etc/ssl/stack-ca.pem", *args, f"{MATRIX}{path}",
+            input=None if body is None else json.dumps(body),
+        )  # fmt: skip
+        text, _, status = done.stdout.rpartition("\n")
+        return int(status), json.loads(text) if text.strip() else {}
 
     def bin(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
         """An operator script of deploy/bin/, run from deploy/ as the docs say."""
@@ -192,3 +253,49 @@ def sessions(https: requests.Session, members: tuple[Member, Member]) -> tuple[S
         assert body["user_id"] == member.user_id
         made.append(Session(member, body["access_token"], body["device_id"]))
     return made[0], made[1]
+
+
+@pytest.fixture(scope="session")
+def admin_token(stack: Stack, https: requests.Session) -> str:
+    """A server admin made by `bin/create-user --admin`, logged in through nginx."""
+    made = stack.bin("create-user", "--admin", "--generate-password", "opsadmin")
+    assert made.returncode == 0, made.stderr
+    response = login(https, Member("opsadmin", made.stdout.strip()))
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def psql(stack: Stack, sql: str) -> str:
+    """One query on Synapse's database, inside the postgres container (unaligned rows)."""
+    done = stack.exec(
+        "postgres", "sh", "-c",
+        'PGPASSWORD="$(cat /run/secrets/postgres_password)" exec psql -X -At '
+        '-h /var/run/postgresql -U synapse -d synapse -v ON_ERROR_STOP=1 -c "$0"', sql,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    member: Member
+    totp: pyotp.TOTP
+
+    def code(self, step_offset: int = 0) -> str:
+        """The code of the current 30 s step (or one next to it, within the guard's skew)."""
+        return self.totp.at(time.time() + 30 * step_offset)
+
+
+@pytest.fixture(scope="session")
+def enrolled(stack: Stack, admin_token: str) -> Enrolled:
+    """carol: made by `bin/create-user`, her second factor enrolled by the admin from the VPN
+    with `synapse-guard totp enroll` (deploy/README.md, "Second factor")."""
+    made = stack.bin("create-user", "--generate-password", "carol")
+    assert made.returncode == 0, made.stderr
+    done = stack.admin_laptop(
+        "totp", "enroll", "--user", f"@carol:{SERVER_NAME}", token=admin_token
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = next(line for line in done.stdout.splitlines() if line.startswith("otpauth://"))
+    return Enrolled(Member("carol", made.stdout.strip()), pyotp.parse_uri(uri))

@@ -57,7 +57,7 @@ def test_admin_api_is_refused_from_a_member_address(
 
 
 def test_a_spoofed_forwarded_for_is_not_the_address_synapse_records(
-    stack: Stack, https: requests.Session, sessions: tuple[Session, Session]
+    stack: Stack, https: requests.Session, sessions: tuple[Session, Session], admin_token: str
 ) -> None:
     """Synapse believes X-Forwarded-For; nginx must overwrite it with the real peer."""
     alice = sessions[0]
@@ -69,19 +69,7 @@ def test_a_spoofed_forwarded_for_is_not_the_address_synapse_records(
     )
     assert response.status_code == 200
     # The operator's view: the admin API from inside the synapse container (loopback).
-    admin = stack.bin("create-user", "--admin", "--generate-password", "opsadmin")
-    assert admin.returncode == 0, admin.stderr
-    login = https.post(
-        f"{MATRIX}/_matrix/client/v3/login",
-        json={
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": "opsadmin"},
-            "password": admin.stdout.strip(),
-        },
-        timeout=30,
-    )
-    assert login.status_code == 200, login.text
-    token = login.json()["access_token"]
+    token = admin_token
     # Synapse batches client IPs to the database every few seconds: wait for the row.
     ips: set[str] = set()
     for _ in range(30):

@@ -16,6 +16,10 @@ SERVICES = {
     "prometheus",
     "node-exporter",
     "backup",
+    "alertmanager",
+    # The optional profiles scripts/stack-test turns on (COMPOSE_PROFILES in deploy/.env).
+    "coturn",
+    "tor",
 }
 
 

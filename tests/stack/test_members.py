@@ -57,3 +57,13 @@ def test_an_attachment_round_trips_through_nginx(
     assert downloaded.content == blob
     # Without a token: refused (authenticated media).
     assert https.get(url, timeout=60).status_code in (401, 403, 404)
+
+
+def test_element_x_discovers_the_server_from_its_name(https: requests.Session) -> None:
+    """What Element X reads first when a member types the server's name (deploy/README.md 1.5)."""
+    response = https.get(f"{MATRIX}/.well-known/matrix/client", timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"m.homeserver": {"base_url": MATRIX}}
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    # No federation: nothing tells other servers where this one is.
+    assert https.get(f"{MATRIX}/.well-known/matrix/server", timeout=30).status_code == 404

@@ -103,6 +103,8 @@ def test_backup_writes_an_age_encrypted_archive_and_its_metric(
         "database.pgdump",
         "config/homeserver.yaml",
         "secrets/synapse_pgpass",
+        # The onion service's keys: a restore brings the same .onion address back.
+        "tor/onion/hs_ed25519_secret_key",
     ):
         assert name in names, (name, sorted(names)[:20])
     verified = subprocess.run(
@@ -140,3 +142,14 @@ def test_backup_writes_an_age_encrypted_archive_and_its_metric(
     assert f"synapse_guard_backup_last_size_bytes {newest.stat().st_size}" in metric
     scraped = wait_for(stack, f"synapse_guard_backup_last_success_timestamp_seconds >= {started}")
     assert scraped, "Prometheus did not scrape the backup's metric from node-exporter"
+
+
+def test_check_config_passes_on_the_deployed_config(stack: Stack) -> None:
+    """deploy/README.md's check before every start that changes the config, as written there,
+    while the stack runs."""
+    out = stack.compose(
+        "run", "--rm", "guard-cli", "check-config",
+        "-c", "/data/homeserver.yaml", "-c", "/config/homeserver.d/",
+        "-c", "/config/zz-deploy.yaml",
+    )  # fmt: skip
+    assert "files read" in out, out
