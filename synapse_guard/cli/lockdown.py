@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from synapse_guard.cli import pinning
+
 LOCKDOWN_PATH = "/_synapse/client/synapse_guard/lockdown"
 CHECKIN_PATH = "/_synapse/client/synapse_guard/checkin"
 TIMEOUT_S = 30
@@ -36,8 +38,16 @@ def read_token(path: str) -> str:
     return token
 
 
-def call(url: str, path: str, token: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """GET (no body) or POST (a JSON body) one endpoint; the JSON answer or ClientError."""
+def call(
+    url: str,
+    path: str,
+    token: str,
+    body: dict[str, Any] | None = None,
+    *,
+    tls_pin: bytes | None = None,
+) -> dict[str, Any]:
+    """GET (no body) or POST (a JSON body) one endpoint; the JSON answer or ClientError.
+    With `tls_pin`, the server's certificate must be that one (cli/pinning.py)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(  # noqa: S310 (the operator gives the URL)
         url.rstrip("/") + path,
@@ -46,7 +56,7 @@ def call(url: str, path: str, token: str, body: dict[str, Any] | None = None) ->
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
+        with pinning.urlopen(request, TIMEOUT_S, tls_pin) as response:
             answer = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as e:
         raise ClientError(f"HTTP {e.code}: {_error_text(e)}") from None

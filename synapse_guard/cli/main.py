@@ -29,6 +29,7 @@ from pathlib import Path
 
 from synapse_guard import __version__
 from synapse_guard.cli import member as member_cli
+from synapse_guard.cli import pinning
 from synapse_guard.cli import totp as totp_cli
 from synapse_guard.cli.lockdown import (
     CHECKIN_PATH,
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a file holding the caller's access token (never given on the command line)",
     )
+    pinning.add_argument(server)
     lock = commands.add_parser(
         "lockdown",
         parents=[server],
@@ -200,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     handler: Command = args.handler
     try:
+        if problem := pinning.check_url(getattr(args, "url", ""), getattr(args, "tls_pin", None)):
+            raise UsageError(problem)
         return handler(args)
     except UsageError as e:
         _say(f"error: {e}")
@@ -323,7 +327,7 @@ def _lockdown(args: argparse.Namespace) -> int:
         if args.revoke_sessions:
             body["revoke_sessions"] = True
     try:
-        status = call(args.url, LOCKDOWN_PATH, token, body)
+        status = call(args.url, LOCKDOWN_PATH, token, body, tls_pin=args.tls_pin)
     except ClientError as e:
         _say(f"error: {e}")
         return EXIT_PROBLEMS
@@ -336,7 +340,7 @@ def _lockdown(args: argparse.Namespace) -> int:
 def _checkin(args: argparse.Namespace) -> int:
     token = _token(args.token_file)
     try:
-        status = call(args.url, CHECKIN_PATH, token, {})
+        status = call(args.url, CHECKIN_PATH, token, {}, tls_pin=args.tls_pin)
     except ClientError as e:
         _say(f"error: {e}")
         return EXIT_PROBLEMS

@@ -24,7 +24,7 @@ import sys
 import urllib.parse
 from typing import Any
 
-from synapse_guard.cli import member_add
+from synapse_guard.cli import member_add, pinning
 from synapse_guard.cli.lockdown import ClientError, TokenFileError, call, read_token
 
 RESOURCE_PREFIX = "/_synapse/client/synapse_guard/member"
@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a file holding a server admin's access token (never given on the command line)",
     )
+    pinning.add_argument(common)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     member_add.add_arguments(  # `add` and its sheet: cli/member_add.py, cli/onboarding.py
         actions.add_parser(
@@ -99,7 +100,7 @@ def _user_id(args: argparse.Namespace, token: str) -> str:
         raise MemberCliError(f"{user!r} is not a user ID such as @alice:example.org", EXIT_USAGE)
     if ":" in user:
         return user
-    admin = str(call(args.url, WHOAMI_PATH, token).get("user_id", ""))
+    admin = str(call(args.url, WHOAMI_PATH, token, tls_pin=args.tls_pin).get("user_id", ""))
     if ":" not in admin:
         raise MemberCliError("the server did not say whose token this is", EXIT_REFUSED)
     return f"{user}:{admin.split(':', 1)[1]}"
@@ -110,7 +111,8 @@ def _act(args: argparse.Namespace, action: str) -> dict[str, Any] | int:
     try:
         token = _token(args)
         user_id = _user_id(args, token)
-        return call(args.url, f"{RESOURCE_PREFIX}/{action}", token, {"user_id": user_id})
+        path = f"{RESOURCE_PREFIX}/{action}"
+        return call(args.url, path, token, {"user_id": user_id}, tls_pin=args.tls_pin)
     except MemberCliError as e:
         _say(f"error: {e}")
         return e.status

@@ -2,7 +2,7 @@
 
     synapse-guard member add @alice:example.org --url URL --token-file FILE --sheet alice.pdf
         [--admin] [--name "Alice Martin"] [--homeserver URL] [--lang fr|en|both]
-        [--show-password]
+        [--show-password] [--tls-pin SHA256]
 
 Over HTTP with a server admin's access token (read from a file): creates the account with
 Synapse's admin API (`PUT /_synapse/admin/v2/users/{user_id}`) and a random password, enrols
@@ -11,6 +11,8 @@ answers only then), and writes the onboarding sheet (cli/onboarding.py) with mod
 The password and the TOTP secret go to the sheet only: nothing secret reaches the terminal
 unless --show-password. Steps that can fail are checked before the account exists (the sheet
 file is created first, the user must not exist yet, the token must be an admin's).
+With --tls-pin (IP-only mode, a self-signed certificate) every request trusts that certificate
+only (cli/pinning.py), and the sheet prints its fingerprint for the member's phone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from synapse_guard.cli import pinning
 from synapse_guard.cli.lockdown import TokenFileError, read_token
 from synapse_guard.cli.onboarding import LANGUAGES, Credentials, render_sheet
 
@@ -86,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also print the initial password here (it is on the sheet either way)",
     )
+    pinning.add_argument(parser)  # also printed on the sheet, for the phone to check
     parser.set_defaults(handler=add)
 
 
@@ -128,7 +132,7 @@ def _add(args: argparse.Namespace) -> int:
     except TokenFileError as e:
         raise MemberAddError(f"--token-file: {e}", EXIT_USAGE) from None
     languages = LANGUAGES if args.lang == "both" else (args.lang,)
-    server = _Server(args.url, token)
+    server = _Server(args.url, token, args.tls_pin)
 
     sheet = Path(args.sheet)
     try:  # first, so that an unwritable path stops us before the account exists
@@ -145,6 +149,7 @@ def _add(args: argparse.Namespace) -> int:
                 user_id=user_id,
                 password=password,
                 otpauth_uri=otpauth_uri,
+                tls_fingerprint=None if args.tls_pin is None else pinning.format_pin(args.tls_pin),
             ),
             languages,
         )
@@ -219,9 +224,10 @@ def _totp_is_on(server: _Server, user_id: str) -> bool:
 
 
 class _Server:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, tls_pin: bytes | None = None) -> None:
         self._url = url.rstrip("/")
         self._token = token
+        self._tls_pin = tls_pin
 
     def request(
         self, method: str, path: str, body: dict[str, Any] | None = None
@@ -234,7 +240,7 @@ class _Server:
             headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
+            with pinning.urlopen(request, TIMEOUT_S, self._tls_pin) as response:
                 return response.status, _json(response.read())
         except urllib.error.HTTPError as e:
             return e.code, _json(e.read())

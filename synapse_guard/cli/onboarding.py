@@ -4,8 +4,10 @@ Pure: `render_sheet(Credentials, languages) -> PDF bytes`, no network, no file. 
 language (French, English), each complete on its own: QR codes of the server address (what
 Element X and Element ask for), the user ID and, under auth.totp, the `otpauth://` URI for an
 authenticator app; the initial password in print (the sheet is the hand-over medium); the
-first steps. The PDF uses the standard Helvetica and Courier fonts (every viewer and printer
-has them, nothing to embed) in Windows-1252, which holds French; the values printed are ASCII.
+first steps; in IP-only mode (a self-signed certificate) its SHA-256 fingerprint, which the
+phone's warning must show before the member accepts it. The PDF uses the standard Helvetica
+and Courier fonts (every viewer and printer has them, nothing to embed) in Windows-1252, which
+holds French; the values printed are ASCII.
 QR codes are drawn as vector squares: sharp at any print size, no image library.
 """
 
@@ -23,6 +25,7 @@ LANGUAGES = ("fr", "en")
 _PAGE_W = 210.0  # A4, millimetres
 _MARGIN = 15.0
 _QR_SIZE = 42.0
+_QR_SIZE_COMPACT = 36.0  # with a certificate fingerprint, which needs the room
 _INK = (0, 0, 0)
 _GREY = (90, 90, 90)
 
@@ -35,6 +38,8 @@ class Credentials:
     user_id: str  # @alice:example.org
     password: str
     otpauth_uri: str | None = None  # None: auth.totp off (no second factor)
+    # The server certificate's SHA-256 (IP-only mode), hex with or without colons; None: a CA's.
+    tls_fingerprint: str | None = None
 
     @property
     def server_name(self) -> str:
@@ -50,6 +55,17 @@ class Credentials:
         groups = [secret[i : i + 4] for i in range(0, len(secret), 4)]
         lines = [" ".join(groups[i : i + 4]) for i in range(0, len(groups), 4)]
         return "\n".join(lines) or None
+
+    @property
+    def fingerprint_lines(self) -> list[str]:
+        """The fingerprint as openssl and phones show it (AB:CD:...), 8 pairs a line."""
+        if self.tls_fingerprint is None:
+            return []
+        digits = self.tls_fingerprint.replace(":", "").upper()
+        if len(digits) != 64 or any(c not in "0123456789ABCDEF" for c in digits):
+            raise ValueError("tls_fingerprint: a SHA-256 fingerprint is 64 hex digits")
+        pairs = [digits[i : i + 2] for i in range(0, 64, 2)]
+        return [":".join(pairs[i : i + 8]) for i in range(0, 32, 8)]
 
 
 def _french(text: dict[str, str]) -> dict[str, str]:
@@ -83,6 +99,10 @@ _FRENCH = {
     "steps": "Premiers pas",
     "step_install": "Installez Element X (conseillé) ou Element : sur Android depuis F-Droid "
     "ou Google Play, sur iPhone depuis l'App Store. L'éditeur doit être « Element ».",
+    "fingerprint": "Empreinte du certificat (SHA-256)",
+    "step_certificate": "Le téléphone vous avertira au sujet du certificat du serveur : "
+    "acceptez-le seulement si son empreinte SHA-256 est identique, paire par paire, à celle "
+    "sous l'adresse 1. Sinon, arrêtez et prévenez l'administrateur.",
     "step_totp": "Installez une appli d'authentification (par exemple Aegis depuis F-Droid, ou "
     "FreeOTP, Google Authenticator) et scannez-y le QR code 3. Elle affiche un nouveau code à "
     "6 chiffres toutes les 30 secondes.",
@@ -124,6 +144,10 @@ _ENGLISH = {
     "steps": "First steps",
     "step_install": "Install Element X (recommended) or Element: on Android from F-Droid or "
     'Google Play, on iPhone from the App Store. The publisher must be "Element".',
+    "fingerprint": "Certificate fingerprint (SHA-256)",
+    "step_certificate": "The phone will warn you about the server's certificate: accept it "
+    "only if its SHA-256 fingerprint is the same, pair for pair, as the one under address 1. "
+    "If not, stop and tell the administrator.",
     "step_totp": "Install an authenticator app (for example Aegis from F-Droid, or FreeOTP, "
     "Google Authenticator) and scan QR code 3 in it. It shows a new 6-digit code every 30 "
     "seconds.",
@@ -155,9 +179,11 @@ def render_sheet(credentials: Credentials, languages: Sequence[str] = LANGUAGES)
         credentials.user_id,
         credentials.password,
         credentials.otpauth_uri or "",
+        credentials.tls_fingerprint or "",
     ):
         if not value.isascii() or not value.isprintable():
             raise ValueError("sheet values must be printable ASCII")
+    credentials.fingerprint_lines  # noqa: B018 (raises ValueError if malformed)
     if not languages or any(lang not in TEXT for lang in languages):
         raise ValueError(f"languages: choose among {', '.join(LANGUAGES)}")
     pdf = FPDF(format="A4", unit="mm")
@@ -175,6 +201,8 @@ def render_sheet(credentials: Credentials, languages: Sequence[str] = LANGUAGES)
 def _page(pdf: FPDF, c: Credentials, t: dict[str, str]) -> None:
     width = _PAGE_W - 2 * _MARGIN
     totp = c.otpauth_uri is not None
+    compact = c.tls_fingerprint is not None  # the fingerprint and its step need ~25 mm
+    qr_size = _QR_SIZE_COMPACT if compact else _QR_SIZE
     pdf.add_page()
     pdf.set_text_color(*_INK)
     pdf.set_draw_color(*_INK)
@@ -188,7 +216,7 @@ def _page(pdf: FPDF, c: Credentials, t: dict[str, str]) -> None:
     pdf.ln(1)
     pdf.set_font("Helvetica", "", 10)
     pdf.multi_cell(width, 5, t["intro"].format(and_key=t["and_key"] if totp else ""), align="L")
-    pdf.ln(5)
+    pdf.ln(3 if compact else 5)
 
     codes = [(t["qr_server"], c.homeserver, c.homeserver), (t["qr_user"], c.user_id, c.user_id)]
     if c.otpauth_uri is not None:
@@ -199,12 +227,14 @@ def _page(pdf: FPDF, c: Credentials, t: dict[str, str]) -> None:
     bottom = top
     for i, (label, data, caption) in enumerate(codes):
         x = left + i * column
-        _qr(pdf, data, x + (column - _QR_SIZE) / 2, top, _QR_SIZE)
-        pdf.set_xy(x, top + _QR_SIZE + 2)
+        _qr(pdf, data, x + (column - qr_size) / 2, top, qr_size)
+        pdf.set_xy(x, top + qr_size + 2)
         pdf.set_font("Helvetica", "B", 10)
         pdf.multi_cell(column, 5, label, align="C", new_x=XPos.LEFT)
         pdf.set_font("Courier", "", 8)
         pdf.multi_cell(column, 3.6, caption, align="C", wrapmode=WrapMode.CHAR, new_x=XPos.LEFT)
+        if i == 0 and compact:  # the certificate belongs to the server address
+            _fingerprint(pdf, c, t, column)
         bottom = max(bottom, pdf.get_y())
     pdf.set_xy(_MARGIN, bottom + 2)
     pdf.set_font("Helvetica", "I", 8.5)
@@ -228,12 +258,14 @@ def _page(pdf: FPDF, c: Credentials, t: dict[str, str]) -> None:
         pdf.multi_cell(width - 8, 4.6, t["with_code"], align="L", new_x=XPos.LMARGIN)
     pdf.ln(3)
     pdf.rect(_MARGIN, box_top, width, pdf.get_y() - box_top)
-    pdf.ln(6)
+    pdf.ln(4 if compact else 6)
 
     pdf.set_font("Helvetica", "B", 13)
     pdf.cell(width, 7, t["steps"], new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(1)
     steps = [t["step_install"]]
+    if c.tls_fingerprint is not None:
+        steps.append(t["step_certificate"])
     if totp:
         steps.append(t["step_totp"])
     steps += [
@@ -243,12 +275,13 @@ def _page(pdf: FPDF, c: Credentials, t: dict[str, str]) -> None:
         t["step_phone"],
         t["step_destroy"],
     ]
+    size, line = (9.5, 4.6) if compact else (10.0, 5.0)
     for number, step in enumerate(steps, start=1):
-        pdf.set_font("Helvetica", "B", 10)
-        pdf.cell(7, 5, f"{number}.")
-        pdf.set_font("Helvetica", "", 10)
-        pdf.multi_cell(width - 7, 5, step, align="L", new_x=XPos.LMARGIN)
-        pdf.ln(1.6)
+        pdf.set_font("Helvetica", "B", size)
+        pdf.cell(7, line, f"{number}.")
+        pdf.set_font("Helvetica", "", size)
+        pdf.multi_cell(width - 7, line, step, align="L", new_x=XPos.LMARGIN)
+        pdf.ln(0.8 if compact else 1.6)
     pdf.ln(2)
     pdf.set_font("Helvetica", "B", 10)
     pdf.multi_cell(width, 5, t["lost"], align="L")
@@ -256,6 +289,15 @@ def _page(pdf: FPDF, c: Credentials, t: dict[str, str]) -> None:
     pdf.set_font("Helvetica", "I", 8.5)
     pdf.set_text_color(*_GREY)
     pdf.multi_cell(width, 4, t["footer"], align="C")
+
+
+def _fingerprint(pdf: FPDF, c: Credentials, t: dict[str, str], column: float) -> None:
+    """The certificate's fingerprint under the server address: monospace, 8 pairs a line."""
+    pdf.ln(1.5)
+    pdf.set_font("Helvetica", "B", 8)
+    pdf.multi_cell(column, 4, t["fingerprint"], align="C", new_x=XPos.LEFT)
+    pdf.set_font("Courier", "B", 9)
+    pdf.multi_cell(column, 4, "\n".join(c.fingerprint_lines), align="C", new_x=XPos.LEFT)
 
 
 def _qr(pdf: FPDF, data: str, x: float, y: float, size: float) -> None:

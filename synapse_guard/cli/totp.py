@@ -24,6 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
+from synapse_guard.cli import pinning
+
 RESOURCE_PREFIX = "/_synapse/client/synapse_guard/totp"
 EXIT_OK = 0
 EXIT_REFUSED = 1  # the server refused, or could not be reached
@@ -46,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token-file", required=True, help="a file holding a server admin's access token"
     )
     common.add_argument("--user", required=True, help="a full user ID, e.g. @alice:example.org")
+    pinning.add_argument(common)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser(
         "enroll",
@@ -86,7 +89,7 @@ def _post(args: argparse.Namespace, action: str, body: dict[str, Any]) -> dict[s
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        with pinning.urlopen(request, 30, args.tls_pin) as response:
             reply: dict[str, Any] = json.loads(response.read())
             return reply
     except urllib.error.HTTPError as e:

@@ -46,6 +46,7 @@ VARIABLES = {
     "MATRIX_SYNAPSE_UPSTREAM": "127.0.0.1:8008",
     "MATRIX_ADMIN_CIDR": "10.8.0.0/24",
     "MATRIX_MAX_UPLOAD_SIZE": "50M",
+    "MATRIX_REJECT_NO_SNI": "on",
 }
 HSTS = "Strict-Transport-Security"
 # Container paths in directive arguments: the only thing moved into the test directory.

@@ -10,9 +10,7 @@ the key.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import sqlite3
 import time
 from typing import Any
 
@@ -20,7 +18,13 @@ import pytest
 
 from synapse_guard.record.audit import Pseudonymizer
 from tests.integration.conftest import SynapseFactory
-from tests.integration.harness import MatrixClient, PostgresCluster, SynapseServer, iter_log_lines
+from tests.integration.harness import (
+    MatrixClient,
+    PostgresCluster,
+    SynapseServer,
+    iter_log_lines,
+    query_database,
+)
 
 WHOAMI = "/_matrix/client/v3/account/whoami"
 DAY_MS = 24 * 3600 * 1000
@@ -50,14 +54,7 @@ def server(
 
 
 def execute(server: SynapseServer, postgres: PostgresCluster | None, sql: str) -> str:
-    """One statement on the server's database, next to the running server."""
-    if postgres is None:
-        path = server.workdir / "homeserver.db"
-        with contextlib.closing(sqlite3.connect(path, timeout=30)) as db, db:
-            rows = db.execute(sql).fetchall()
-        return "\n".join("|".join(str(v) for v in row) for row in rows)
-    assert server.database is not None
-    return postgres.psql(server.database["args"]["database"], sql).strip()
+    return query_database(server, postgres, sql)
 
 
 def age(

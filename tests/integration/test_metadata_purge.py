@@ -9,15 +9,13 @@ purge runs every second here instead of every hour. A bad value stops Synapse, n
 
 from __future__ import annotations
 
-import contextlib
 import re
-import sqlite3
 import time
 
 import pytest
 
 from tests.integration.conftest import SynapseFactory
-from tests.integration.harness import PostgresCluster, SynapseServer, iter_log_lines
+from tests.integration.harness import PostgresCluster, SynapseServer, iter_log_lines, query_database
 
 DAY_MS = 24 * 3600 * 1000
 PURGE_S = 1
@@ -40,14 +38,7 @@ def server(
 
 
 def execute(server: SynapseServer, postgres: PostgresCluster | None, sql: str) -> str:
-    """One statement on the server's database, next to the running server."""
-    if postgres is None:
-        path = server.workdir / "homeserver.db"
-        with contextlib.closing(sqlite3.connect(path, timeout=30)) as db, db:
-            rows = db.execute(sql).fetchall()
-        return "\n".join("|".join(str(v) for v in row) for row in rows)
-    assert server.database is not None
-    return postgres.psql(server.database["args"]["database"], sql).strip()
+    return query_database(server, postgres, sql)
 
 
 def test_days_older_than_the_max_age_are_deleted_and_recent_days_kept(

@@ -40,8 +40,9 @@ collect_ignore = (
 
 
 # The tests that break things, last and in this order: the faults (the stack comes back), the
-# restore drill (replaces the database), the migration (the stack moves for good).
-DESTRUCTIVE = ("test_faults.py", "test_restore.py", "test_migrate.py")
+# restore drill (replaces the database), the migration (the stack moves for good), then a
+# third stack in IP-only mode.
+DESTRUCTIVE = ("test_faults.py", "test_restore.py", "test_migrate.py", "test_ip_only.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -119,13 +120,14 @@ class Stack:
         return self.docker(*args, self.container(service), *cmd, check=False)
 
     def admin_laptop(
-        self, *args: str, token: str, input: str | None = None
+        self, *args: str, token: str, input: str | None = None, out_dir: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         """`synapse-guard ARGS --url ... --token-file ...` from the admin's laptop on the VPN.
 
         The laptop is a container of the guard's image on the `vpn` network, at the address VPN
         clients have (the admin range), reaching nginx only, as the operator's pip-installed
-        command would; the admin's token is a file, as the docs say."""
+        command would; the admin's token is a file, as the docs say. `out_dir` is its /out
+        (where it may write, e.g. an onboarding sheet)."""
         with tempfile.TemporaryDirectory() as folder:
             os.chmod(folder, 0o755)
             token_file = Path(folder) / "admin.token"
@@ -136,7 +138,8 @@ class Stack:
                 "--add-host", f"matrix.stack.test:{NGINX_ON_VPN}",
                 "-v", f"{self.ca}:/etc/ssl/stack-ca.pem:ro",
                 "-e", "SSL_CERT_FILE=/etc/ssl/stack-ca.pem",
-                "-v", f"{folder}:/in:ro", "--entrypoint", "synapse-guard",
+                "-v", f"{folder}:/in:ro", *(["-v", f"{out_dir}:/out"] if out_dir else []),
+                "--entrypoint", "synapse-guard",
                 self.inspect("synapse")["Config"]["Image"],
                 *args, "--url", MATRIX, "--token-file", "/in/admin.token",
                 check=False, input=input,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.stack.conftest import MATRIX, SERVER_NAME, Enrolled, Session, Stack, psql
+from tests.stack.conftest import MATRIX, SERVER_NAME, Enrolled, Member, Session, Stack, psql
 
 PHONE = "172.31.243.5"  # carol's phone on the VPN, for her logins here
 
@@ -68,6 +68,20 @@ class WriteLoad(threading.Thread):
         while len(self.acked) <= count + 2:
             assert time.monotonic() < deadline, "writes were not acknowledged again after the fault"
             time.sleep(0.5)
+
+
+def phone_login(stack: Stack, member: Member, code: str) -> int:
+    status, _ = stack.client_on_vpn(
+        PHONE,
+        "POST",
+        "/_matrix/client/v3/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": member.localpart},
+            "password": member.password + code,
+        },
+    )
+    return status
 
 
 def crash(stack: Stack, service: str) -> float:
@@ -124,17 +138,7 @@ def test_kill_9_synapse_then_postgres_under_writes_loses_nothing(
     # counters the crash must not reset.
     carol = enrolled.member
     step_code = enrolled.code(step_offset=1)
-    status, _ = stack.client_on_vpn(
-        PHONE,
-        "POST",
-        "/_matrix/client/v3/login",
-        {
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": carol.localpart},
-            "password": carol.password + step_code,
-        },
-    )
-    assert status == 200
+    assert phone_login(stack, carol, step_code) == 200
     totp_before = psql(stack, totp_row(carol.localpart))
     assert totp_before.split("|")[0], "no last_step recorded for carol"
     # The lockdown on: alice is refused from now on, across both crashes (lifted whatever
@@ -194,17 +198,7 @@ def test_kill_9_synapse_then_postgres_under_writes_loses_nothing(
     wait_status(https, alice, 200)
     if time.time() // 30 <= int(totp_before.split("|")[0]) + 1:
         # Still within the code's validity: refused only because it was used (a replay).
-        status, _ = stack.client_on_vpn(
-            PHONE,
-            "POST",
-            "/_matrix/client/v3/login",
-            {
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": carol.localpart},
-                "password": carol.password + step_code,
-            },
-        )
-        assert status == 403
+        assert phone_login(stack, carol, step_code) == 403
 
 
 # --- a full media disk --------------------------------------------------------------------

@@ -25,6 +25,10 @@ SERVICES = [
     "prometheus",
     "node-exporter",
     "backup",
+    "alertmanager",
+    # The optional profiles scripts/stack-test runs (COMPOSE_PROFILES in deploy/.env).
+    "coturn",
+    "tor",
 ]
 
 # Linux capability numbers (capability.h) of what the file may add.
@@ -83,7 +87,8 @@ def test_engine_applies_the_declared_limits_and_options(
     assert host["LogConfig"]["Type"] == want["logging"]["driver"] == "local"
     assert host["RestartPolicy"]["Name"] == want["restart"] == "unless-stopped"
     assert not host["Privileged"]
-    assert not host.get("PortBindings") or service == "nginx"
+    # Which ports, exactly: test_only_nginx_and_turn_publish_ports_and_only_theirs.
+    assert not host.get("PortBindings") or service in ("nginx", "coturn")
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -143,13 +148,18 @@ def test_internal_networks_are_internal_and_icc_is_off_where_declared(stack: Sta
             assert got["Options"]["com.docker.network.bridge.enable_icc"] == icc, name
 
 
-def test_only_nginx_publishes_ports_and_only_80_and_443(stack: Stack) -> None:
+def test_only_nginx_and_turn_publish_ports_and_only_theirs(stack: Stack) -> None:
     published = {}
     for service in SERVICES:
         bindings = stack.inspect(service)["HostConfig"].get("PortBindings") or {}
         if bindings:
-            published[service] = sorted(bindings)
-    assert published == {"nginx": ["443/tcp", "80/tcp"]}
+            published[service] = set(bindings)
+    # TURN: its listeners and the bounded relay range (TURN_MIN_PORT..TURN_MAX_PORT in .env).
+    relays = {f"{port}/udp" for port in range(49152, 49172)}
+    assert published == {
+        "nginx": {"443/tcp", "80/tcp"},
+        "coturn": {"3478/udp", "3478/tcp", "5349/tcp"} | relays,
+    }
 
 
 def test_secrets_keep_their_owner_and_mode_inside(stack: Stack) -> None:

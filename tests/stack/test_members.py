@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import time
 
 import requests
 
@@ -67,3 +70,63 @@ def test_element_x_discovers_the_server_from_its_name(https: requests.Session) -
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     # No federation: nothing tells other servers where this one is.
     assert https.get(f"{MATRIX}/.well-known/matrix/server", timeout=30).status_code == 404
+
+
+def answer_prompts(cmd: list[str], cwd: str, answers: list[tuple[str, str]]) -> tuple[int, str]:
+    """Run an operator script on a terminal (a pty), typing each answer once its prompt shows
+    (not before: typed early, the terminal would echo it before `read -s` turns echo off)."""
+    master, slave = os.openpty()
+    process = subprocess.Popen(
+        cmd, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+    )
+    os.close(slave)
+    output, seen = b"", 0
+    pending = list(answers)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the script ended and closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            if pending and (at := output.find(pending[0][0].encode(), seen)) >= 0:
+                seen = at + len(pending[0][0])
+                os.write(master, pending.pop(0)[1].encode() + b"\n")
+        elif process.poll() is not None:
+            break
+    os.close(master)
+    return process.wait(timeout=60), output.decode(errors="replace")
+
+
+def test_create_user_asks_the_password_twice_without_echo(stack: Stack) -> None:
+    """deploy/README.md's `bin/create-user --admin alice`, at a terminal."""
+    password = "Frank-" + os.urandom(6).hex() + "A9"
+    code, output = answer_prompts(
+        ["bin/create-user", "--admin", "frank"],
+        str(stack.deploy),
+        [("Password for frank: ", password), ("Again: ", password + "x")],
+    )
+    assert code == 1, output
+    assert "the passwords differ" in output
+    code, output = answer_prompts(
+        ["bin/create-user", "--admin", "frank"],
+        str(stack.deploy),
+        [("Password for frank: ", password), ("Again: ", password)],
+    )
+    assert code == 0, output
+    assert password not in output, "the password was echoed"
+    status, body = stack.client_on_vpn(
+        "172.31.243.6",
+        "POST",
+        "/_matrix/client/v3/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "frank"},
+            "password": password,
+        },
+    )
+    assert status == 200, body

@@ -5,6 +5,11 @@ through nginx with password + code, and what a thief with the password alone tri
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
+
+import pyotp
 import requests
 
 from tests.stack.conftest import MATRIX, SERVER_NAME, Enrolled, Stack
@@ -57,3 +62,41 @@ def test_a_member_without_a_second_factor_still_logs_in_under_optional(stack: St
     made = stack.bin("create-user", "--generate-password", "dave")
     assert made.returncode == 0, made.stderr
     assert password_login(stack, "172.31.243.4", "dave", made.stdout.strip()) == 200
+
+
+def qr_codes(pdf: Path) -> list[str]:
+    """The QR codes of the sheet's first page, as a phone's camera would read them."""
+    subprocess.run(
+        ["pdftoppm", "-r", "150", "-png", "-f", "1", "-l", "1", str(pdf), str(pdf.with_suffix(""))],
+        check=True,
+    )
+    [image] = pdf.parent.glob(f"{pdf.stem}-*.png")
+    done = subprocess.run(
+        ["zbarimg", "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable", str(image)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return done.stdout.split()
+
+
+def test_member_add_onboards_in_one_step_with_a_sheet_that_opens_the_account(
+    stack: Stack, admin_token: str, tmp_path: Path
+) -> None:
+    """README's "A new member in one step", from the admin's laptop on the VPN: the sheet's
+    QR codes and password are all a new member needs."""
+    tmp_path.chmod(0o777)  # the laptop's user (the image's 991) writes the sheet here
+    user_id = f"@erin:{SERVER_NAME}"
+    done = stack.admin_laptop(
+        "member", "add", user_id, "--sheet", "/out/erin.pdf", "--show-password",
+        token=admin_token, out_dir=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    sheet = tmp_path / "erin.pdf"
+    assert sheet.stat().st_mode & 0o777 == 0o600
+    password = re.search(r"Initial password: (\S+)", done.stdout)[1]  # type: ignore[index]
+    codes = qr_codes(sheet)
+    [uri] = [c for c in codes if c.startswith("otpauth://")]
+    assert user_id in codes
+    assert MATRIX in codes
+    code = pyotp.parse_uri(uri).now()
+    assert password_login(stack, "172.31.243.7", "erin", password) == 403
+    assert password_login(stack, "172.31.243.7", "erin", password + code) == 200

@@ -33,7 +33,13 @@ class FakeServer:
         self.refuse = refuse
 
     def __call__(
-        self, url: str, path: str, token: str, body: dict[str, Any] | None = None
+        self,
+        url: str,
+        path: str,
+        token: str,
+        body: dict[str, Any] | None = None,
+        *,
+        tls_pin: bytes | None = None,
     ) -> dict[str, Any]:
         self.calls.append((url, path, token, body))
         if self.refuse:

@@ -119,6 +119,54 @@ def test_one_language_gives_one_page(tmp_path: Path) -> None:
     assert "Premiers pas" in sheet.pages[0]
 
 
+FINGERPRINT = "3F:A9:0B:7C:" * 8  # as `openssl x509 -fingerprint -sha256` prints it
+FINGERPRINT = FINGERPRINT.rstrip(":")
+FINGERPRINT_LINES = [
+    "3F:A9:0B:7C:3F:A9:0B:7C",
+    "3F:A9:0B:7C:3F:A9:0B:7C",
+    "3F:A9:0B:7C:3F:A9:0B:7C",
+    "3F:A9:0B:7C:3F:A9:0B:7C",
+]
+
+
+def test_in_ip_only_mode_each_page_carries_the_certificate_fingerprint_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    pinned = attrs.evolve(
+        ALICE, homeserver="https://203.0.113.7", tls_fingerprint=FINGERPRINT.lower()
+    )
+    sheet = read_sheet(write(tmp_path, pinned))
+    assert len(sheet.pages) == 2  # still one page per language
+    expected = sorted([pinned.homeserver, pinned.user_id, URI])
+    assert sheet.codes == [expected, expected]  # the smaller QR codes still read at 150 dpi
+    french, english = sheet.pages
+    for page in (french, english):
+        for line in FINGERPRINT_LINES:  # 8 pairs a line, upper case, as phones show it
+            assert line in page
+        assert pinned.password in page
+    assert "Empreinte du certificat (SHA-256)" in french
+    assert "Certificate fingerprint (SHA-256)" in english
+    # The first step that says when to accept the certificate (the text wraps: join lines).
+    assert "acceptez-le seulement si son empreinte SHA-256 est identique" in " ".join(
+        french.split()
+    )
+    assert "accept it only if its SHA-256 fingerprint is the same" in " ".join(english.split())
+    for page, last in ((french, "Téléphone perdu"), (english, "Lost or stolen phone")):
+        assert last in page  # the whole text fits the page
+
+
+def test_without_a_fingerprint_the_sheet_says_nothing_of_certificates(tmp_path: Path) -> None:
+    english = read_sheet(write(tmp_path, ALICE, "en")).pages[0]
+    assert "fingerprint" not in english
+    assert "certificate" not in english
+
+
+def test_a_malformed_fingerprint_is_refused() -> None:
+    for bad in ("3F:A9", "zz" * 32, FINGERPRINT + ":00"):
+        with pytest.raises(ValueError, match="64 hex digits"):
+            render_sheet(attrs.evolve(ALICE, tls_fingerprint=bad))
+
+
 def test_values_that_are_not_printable_ascii_are_refused() -> None:
     for bad in (
         attrs.evolve(ALICE, user_id="@\u0430lice:example.org"),  # a Cyrillic a: a look-alike
